@@ -1,0 +1,143 @@
+"""One data-parallel rank: a DeepSpeed engine around the student, plus the frozen reference model.
+
+Runs inside a Ray actor (see `learner.group`). Heavy imports happen in `init_engine`, after the
+process-group environment is set, because DeepSpeed reads it at import and init time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from learner.config import LearnerConfig, ObjectiveConfig
+from learner.types import PublishedWeights, TrainBatch
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+class LearnerRank:
+    """State: the DeepSpeed engine, the reference model (or None), the step counter."""
+
+    def __init__(self, config: LearnerConfig, rank: int, world_size: int):
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+        self.engine = None
+        self.reference = None
+        self.objective: ObjectiveConfig = config.objective
+        self.pad_id = 0
+        self.step = 0
+        self.device = "cpu"
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 listens for the process group."""
+        import ray
+
+        return ray.util.get_node_ip_address(), self.config.master_port or free_port()
+
+    def init_engine(self, model_path: str, reference_path: str | None, master: tuple[str, int], lr: float, pad_id: int, seed: int) -> int:
+        import torch
+
+        use_cuda = self.config.num_gpus_per_rank > 0 and torch.cuda.is_available()
+        self.device = "cuda" if use_cuda else "cpu"
+        os.environ.update(
+            {
+                "DS_ACCELERATOR": "cuda" if use_cuda else "cpu",
+                "MASTER_ADDR": master[0],
+                "MASTER_PORT": str(master[1]),
+                "RANK": str(self.rank),
+                "WORLD_SIZE": str(self.world_size),
+                "LOCAL_RANK": "0",
+            }
+        )
+        if not use_cuda:
+            torch.set_num_threads(self.config.num_threads)
+        torch.manual_seed(seed + self.rank)
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
+        dtype = torch.bfloat16 if self.config.dtype == "bfloat16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        if self.objective.uses_reference:
+            self.reference = AutoModelForCausalLM.from_pretrained(reference_path or model_path, dtype=dtype).to(self.device)
+            self.reference.eval().requires_grad_(False)
+        # A torch AdamW keeps DeepSpeed from JIT-building fused_adam on CPU (about a minute per fresh machine).
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=self.config.weight_decay)
+        warmup = self.config.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
+        )
+        self.pad_id = pad_id
+        return sum(p.numel() for p in model.parameters())
+
+    def _deepspeed_config(self) -> dict:
+        return {
+            "train_micro_batch_size_per_gpu": 1,  # nominal: each step hands the engine its whole shard at once
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": self.config.grad_clip,
+            "zero_optimization": {"stage": self.config.zero_stage},
+            "bf16": {"enabled": self.config.dtype == "bfloat16"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    def _forward(self, input_ids, attention_mask):
+        return self.engine(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
+
+    def _reference_forward(self, input_ids, attention_mask):
+        return self.reference(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        from learner.losses import compute_loss
+
+        started = time.perf_counter()
+        self.engine.train()
+        loss, metrics = compute_loss(
+            self.objective, batch, self._forward, self._reference_forward if self.reference is not None else None, self.pad_id
+        )
+        self.engine.backward(loss)
+        self.engine.step()
+        self.step += 1
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["train/lr"] = self.engine.get_lr()[0]
+        metrics["time/learner_step_s"] = time.perf_counter() - started
+        return metrics
+
+    def _full_state_dict(self) -> dict:
+        """Full, unpartitioned parameters with HF names; every rank must call it (ZeRO-3 gathers collectively)."""
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.config.zero_stage == 3):
+            # named_parameters() lists a tied lm_head once, under the embedding's name, as vLLM expects.
+            return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in module.named_parameters()}
+
+    def publish_weights(self, version: int, directory: str) -> PublishedWeights | None:
+        """Writes the full weights as one safetensors file (rank 0) for the rollout workers to read."""
+        from safetensors.torch import save_file
+
+        state = self._full_state_dict()
+        if self.rank != 0:
+            return None
+        target = Path(directory) / f"v{version}"
+        target.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(target / "model.safetensors"), metadata={"format": "pt", "policy_version": str(version)})
+        return PublishedWeights(version=version, path=str(target))
+
+    def save_checkpoint(self, directory: str) -> str | None:
+        """HF format (`save_pretrained`), loadable with `AutoModelForCausalLM.from_pretrained`."""
+        state = self._full_state_dict()
+        if self.rank != 0:
+            return None
+        self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        return directory

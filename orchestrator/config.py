@@ -1,0 +1,195 @@
+"""The run config: one YAML file plus dotted command-line overrides, validated before anything starts.
+
+Component configs are owned by their components and composed here. Importing this module does not
+import torch, Ray or vLLM, so `dudi --help` and config errors come back at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learner.config import LearnerConfig, ObjectiveConfig
+from rollout.config import RolloutConfig
+from teacher_server.config import TeacherConfig
+
+LANGUAGES = ("en", "id", "vi", "th", "ta", "tl", "ms", "my")
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased with the dotted name of the field at fault."""
+
+
+class ModelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    student: str = Field(description="Student init: local dir or HF cache name. `{tiny_world}` expands to the tiny-world dir.")
+    teacher: str = Field(description="Teacher: local dir or HF cache name; must share the student's vocabulary.")
+
+
+class DataConfig(BaseModel):
+    """Where the rows come from and which columns hold what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_path: str = Field(description="jsonl / json / parquet file, or a dir saved with `Dataset.save_to_disk`.")
+    eval_path: str
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    lang_column: str = "lang"
+    languages: list[str] | None = Field(None, description="Keep only these languages (None = all).")
+    max_eval_per_language: int | None = Field(None, ge=1)
+
+
+class VerbalizerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "english", "multilingual", "crosslingual", "mix"] = "crosslingual"
+    include_english_target: bool = Field(True, description="Crosslingual targets = training languages, plus English if set.")
+    templates_path: str | None = Field(None, description="YAML of templates; None = the shipped ones.")
+
+
+class StageConfig(BaseModel):
+    """One training stage. `steps` wins over `epochs` when set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    steps: int | None = Field(None, ge=1)
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(32, ge=1, description="Global batch (prompts per step), split over learner ranks.")
+    lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at_end_of_stages: bool = True
+    compare_teacher: bool = Field(False, description="Also evaluate the teacher (one more vLLM engine) for the final table.")
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class RayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="None = start a local Ray; 'auto' = join the running cluster.")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local Ray (None = all cores).")
+    include_dashboard: bool | None = None
+
+
+class RunConfig(BaseModel):
+    """A whole run: stage 1 (cold-start SFT) then stage 2 (distillation, π_ref = stage 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "dudi"
+    output_dir: str = "runs/{name}"
+    seed: int = 0
+    models: ModelsConfig
+    data: DataConfig
+    verbalizer: VerbalizerConfig = Field(default_factory=VerbalizerConfig)
+    cold_start: StageConfig = Field(default_factory=StageConfig)
+    distill: StageConfig = Field(default_factory=StageConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RunConfig:
+        for stage_name in ("cold_start", "distill"):
+            stage: StageConfig = getattr(self, stage_name)
+            if stage.batch_size % self.learner.num_ranks:
+                raise ValueError(
+                    f"{stage_name}.batch_size ({stage.batch_size}) must be divisible by learner.num_ranks ({self.learner.num_ranks})"
+                )
+        if self.eval.max_new_tokens >= self.rollout.max_model_len:
+            raise ValueError("eval.max_new_tokens must be smaller than rollout.max_model_len")
+        if self.rollout.sampling.max_new_tokens >= self.rollout.max_model_len:
+            raise ValueError("rollout.sampling.max_new_tokens must be smaller than rollout.max_model_len")
+        if self.data.languages:
+            unknown = sorted(set(self.data.languages) - set(LANGUAGES))
+            if unknown:
+                raise ValueError(f"data.languages has unsupported codes {unknown}; supported: {list(LANGUAGES)}")
+        return self
+
+    @property
+    def objective(self) -> ObjectiveConfig:
+        return self.learner.objective
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+def tiny_world_dir(seed: int = 0) -> Path:
+    """Where `dudi tiny-world` caches its models and data (outside git); `DUDI_TINY_WORLD` overrides it."""
+    if os.environ.get("DUDI_TINY_WORLD"):
+        return Path(os.environ["DUDI_TINY_WORLD"])
+    root = os.environ.get("DUDI_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dudi")
+    return Path(root) / f"tiny-world-seed{seed}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`learner.lr=1e-4` → (['learner', 'lr'], 1e-4); values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _expand_placeholders(raw: Any, values: dict[str, str]) -> Any:
+    if isinstance(raw, dict):
+        return {k: _expand_placeholders(v, values) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_expand_placeholders(v, values) for v in raw]
+    if isinstance(raw, str) and "{tiny_world}" in raw:
+        return raw.replace("{tiny_world}", values["tiny_world"])
+    return raw
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {field}: {item['msg']}")
+    return "invalid run config:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML, apply `key.sub=value` overrides, expand `{tiny_world}`, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        raw = loaded
+    raw = apply_overrides(raw, overrides or [])
+    raw = _expand_placeholders(raw, {"tiny_world": str(tiny_world_dir())})
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None

@@ -1,0 +1,167 @@
+"""Builds the tiny world: data, tokenizer, a trained teacher and an untrained student (same vocabulary).
+
+The teacher is an instruction follower in miniature: besides (x → y) in every language it learns the
+verbalized prompts (z → y in l_z, and p_z → y in l_z), as a real instruct teacher would follow them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from orchestrator.tiny_world.task import LANGUAGES, Problem, load_templates, make_rows, render_response, split_problems
+from orchestrator.verbalizer import VerbalizerTemplates, render
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyWorldSpec:
+    seed: int = 0
+    train_per_language: int = 300
+    eval_per_language: int = 40
+    vocab_size: int = 2048
+    teacher_steps: int = 400
+    teacher_batch_size: int = 32
+    teacher_lr: float = 3e-3
+    teacher_hidden: int = 192
+    teacher_layers: int = 4
+    student_hidden: int = 128
+    student_layers: int = 2
+
+
+def qwen2_config(vocab_size: int, hidden: int, layers: int, tokenizer):
+    from transformers import Qwen2Config
+
+    heads = hidden // 64  # vLLM's CPU attention needs head_dim 64
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def teacher_examples(problems: list[tuple[Problem, str]], rng: random.Random, templates: dict, verbalizer: VerbalizerTemplates):
+    """(prompt, response) pairs: the plain task plus its verbalized teacher and student prompts."""
+    pairs = []
+    for row, (problem, lang) in zip(make_rows(problems, templates), problems, strict=True):
+        pairs.append((row["prompt"], row["response"]))
+        target = rng.choice(LANGUAGES)
+        verbalized = render(verbalizer, row["prompt"], row["response"], lang, target)
+        target_response = render_response(templates, problem, target)
+        pairs.append((verbalized.teacher_prompt, target_response))
+        pairs.append((verbalized.student_prompt, target_response))
+        english = verbalizer.sdft_english_teacher.format(question=row["prompt"], demonstration=row["response"])
+        pairs.append((english, row["response"]))
+    return pairs
+
+
+def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.tiny_world.tokenizer import train_tokenizer
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    rng = random.Random(spec.seed)
+    templates = load_templates()
+    verbalizer = VerbalizerTemplates.load()
+
+    train_problems, eval_problems = split_problems(spec.seed, spec.train_per_language, spec.eval_per_language)
+    train_rows, eval_rows = make_rows(train_problems, templates), make_rows(eval_problems, templates)
+    data_dir = out / "data"
+    data_dir.mkdir(exist_ok=True)
+    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+        with open(data_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    progress(f"[tiny-world] data: {len(train_rows)} train / {len(eval_rows)} eval rows in {len(LANGUAGES)} languages")
+
+    pairs = teacher_examples(train_problems, rng, templates, verbalizer)
+    tokenizer = train_tokenizer((text for pair in pairs for text in pair), spec.vocab_size)
+    vocab_size = len(tokenizer)
+    progress(f"[tiny-world] tokenizer: byte-level BPE, {vocab_size} tokens")
+
+    teacher_cfg = qwen2_config(vocab_size, spec.teacher_hidden, spec.teacher_layers, tokenizer)
+    student_cfg = qwen2_config(vocab_size, spec.student_hidden, spec.student_layers, tokenizer)
+    teacher = AutoModelForCausalLM.from_config(teacher_cfg)
+    student = AutoModelForCausalLM.from_config(student_cfg)
+    final_loss = train_teacher(teacher, tokenizer, pairs, spec, rng, progress)
+
+    for name, model in (("teacher", teacher), ("student", student)):
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(out / name)
+        tokenizer.save_pretrained(out / name)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "spec": asdict(spec),
+        "vocab_size": vocab_size,
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "teacher_final_loss": final_loss,
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def train_teacher(model, tokenizer, pairs, spec: TinyWorldSpec, rng: random.Random, progress) -> float:
+    import torch
+    from tqdm import tqdm
+
+    from orchestrator.tokens import encode_prompt, encode_response
+
+    encoded = [(encode_prompt(tokenizer, prompt), encode_response(tokenizer, response)) for prompt, response in pairs]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.teacher_lr, weight_decay=0.0)
+    warmup = max(1, spec.teacher_steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / spec.teacher_steps)))
+    )
+    # Batches of similar length: padding to the longest verbalized prompt would triple the compute.
+    encoded.sort(key=lambda pair: len(pair[0]) + len(pair[1]))
+    size = spec.teacher_batch_size
+    batches = [encoded[i : i + size] for i in range(0, len(encoded) - size + 1, size)]
+    model.train()
+    loss_value = float("nan")
+    bar = tqdm(range(spec.teacher_steps), desc="[tiny-world] teacher SFT", unit="step", mininterval=2.0)
+    for _ in bar:
+        batch = rng.choice(batches)
+        input_ids, labels = _pad_for_lm(batch, tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=input_ids != tokenizer.pad_token_id, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    model.eval()
+    return loss_value
+
+
+def _pad_for_lm(batch, pad_id: int):
+    import torch
+
+    longest = max(len(p) + len(r) for p, r in batch)
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), longest), -100, dtype=torch.long)
+    for i, (p, r) in enumerate(batch):
+        ids = p + r
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, len(p) : len(ids)] = torch.tensor(r)
+    return input_ids, labels

@@ -1,0 +1,49 @@
+"""N rollout workers driven as one: prompts are split evenly, results come back in request order."""
+
+from __future__ import annotations
+
+import ray
+
+from rollout.config import RolloutConfig
+from rollout.types import GenerationRequest, GenerationResult, SamplingSpec, WeightSnapshot
+from rollout.worker import RolloutWorker
+
+
+class RolloutGroup:
+    def __init__(self, config: RolloutConfig, model_path: str, seed: int, num_workers: int | None = None):
+        self.config = config
+        actor_cls = ray.remote(num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker)(RolloutWorker)
+        count = num_workers or config.num_workers
+        self.workers = [actor_cls.remote(config, model_path, seed + i) for i in range(count)]
+        # Surface engine start-up failures here, not at the first generate call.
+        ray.get([w.get_policy_version.remote() for w in self.workers])
+
+    def sampling_spec(self, greedy: bool = False, max_new_tokens: int | None = None) -> SamplingSpec:
+        s = self.config.sampling
+        return SamplingSpec(
+            temperature=0.0 if greedy else s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            max_new_tokens=max_new_tokens or s.max_new_tokens,
+        )
+
+    def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[GenerationResult]:
+        n = len(self.workers)
+        shards = [requests[i::n] for i in range(n)]
+        futures = [w.generate.remote(shard, spec) for w, shard in zip(self.workers, shards, strict=True) if shard]
+        outputs = ray.get(futures)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for i, shard_results in enumerate(outputs):
+            results[i::n] = shard_results
+        return results  # type: ignore[return-value]
+
+    def load_weights(self, snapshot: WeightSnapshot) -> list[int]:
+        return ray.get([w.load_weights.remote(snapshot) for w in self.workers])
+
+    def policy_versions(self) -> list[int]:
+        return ray.get([w.get_policy_version.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []

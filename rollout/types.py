@@ -1,0 +1,42 @@
+"""Messages into and out of the rollout workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt, already tokenized by the orchestrator (chat template applied)."""
+
+    prompt_ids: list[int]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Per-call sampling; `temperature == 0` is greedy."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    max_new_tokens: int
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A sampled response with the log-prob of each sampled token and the policy that produced it."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_logprobs: list[float]
+    finished: bool
+    policy_version: int
+
+
+@dataclass(frozen=True)
+class WeightSnapshot:
+    """Where a published set of full weights lies (safetensors, HF parameter names)."""
+
+    version: int
+    path: str

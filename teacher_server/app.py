@@ -1,0 +1,57 @@
+"""The Ray Serve application: `TeacherScorer` behind dynamic batching, by handle and over HTTP.
+
+Handle: `await handle.score.remote(ScoreRequest(...))` → `ScoreResponse`.
+HTTP:   POST {route_prefix} with JSON {"prompt_ids": [...], "response_ids": [...]} → Arrow IPC stream;
+        a bad request gets 400 with the reason, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from teacher_server.config import TeacherConfig
+from teacher_server.scorer import TeacherScorer
+from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse
+from teacher_server.wire import ARROW_MEDIA_TYPE, encode_response, parse_request
+
+
+@serve.deployment
+class TeacherDeployment:
+    def __init__(self, model_path: str, config: TeacherConfig):
+        self.scorer = TeacherScorer(model_path, config.dtype, config.num_threads, config.max_seq_len)
+        self._score_batch.set_max_batch_size(config.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def info(self) -> dict:
+        return {"model_path": self.scorer.model_path, "vocab_size": self.scorer.vocab_size, "max_seq_len": self.scorer.max_seq_len}
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        self.scorer.validate(request)
+        return await self._score_batch(request)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
+        return self.scorer.score(requests)
+
+    async def __call__(self, http_request: Request) -> Response:
+        try:
+            request = parse_request(await http_request.body())
+            response = await self.score(request)
+        except BadScoreRequest as error:
+            return PlainTextResponse(str(error), status_code=400)
+        return Response(encode_response(response), media_type=ARROW_MEDIA_TYPE)
+
+
+def build_app(model_path: str, config: TeacherConfig):
+    return TeacherDeployment.options(
+        num_replicas=config.num_replicas,
+        ray_actor_options={"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
+    ).bind(model_path, config)
+
+
+def deploy(model_path: str, config: TeacherConfig):
+    """Starts Serve on `config.http_host:http_port` (loopback by default) and returns the app's handle."""
+    serve.start(http_options={"host": config.http_host, "port": config.http_port})
+    return serve.run(build_app(model_path, config), name=config.app_name, route_prefix=config.route_prefix)
