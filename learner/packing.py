@@ -1,4 +1,9 @@
-"""Turns unpadded (prompt, response) token lists into padded tensors aligned on response positions."""
+"""Turns unpadded (prompt, response) token lists into padded tensors whose response positions line up.
+
+Prompts are left-padded and responses right-padded, so every response starts at the same column and the
+model only has to project the last R hidden states onto the vocabulary (`logits_to_keep=R`): with long
+verbalized prompts that skips most of the LM-head work and memory.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,17 @@ from learner.types import TokenSequences
 
 @dataclass
 class PackedSequences:
-    """Right-padded model inputs plus, per sequence, where each response token is predicted.
+    """`logits[:, -R:]` of a forward over these inputs predict `labels` ([B, R]) where `response_mask` is set."""
 
-    `response_positions[i, t]` indexes the logit row that predicts `labels[i, t]` (the t-th response token).
-    """
-
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    response_positions: torch.Tensor  # [B, R]
+    input_ids: torch.Tensor  # [B, P + R - 1]
+    attention_mask: torch.Tensor  # [B, P + R - 1]
+    position_ids: torch.Tensor  # [B, P + R - 1], counted from each row's first real token
     labels: torch.Tensor  # [B, R]
     response_mask: torch.Tensor  # [B, R] bool
+
+    @property
+    def response_width(self) -> int:
+        return self.labels.size(1)
 
     def __len__(self) -> int:
         return self.input_ids.size(0)
@@ -30,33 +36,27 @@ class PackedSequences:
 def pack(sequences: TokenSequences, pad_id: int) -> PackedSequences:
     if any(len(r) == 0 for r in sequences.response_ids):
         raise ValueError("every response needs at least one token")
-    # The last response token is only a label, never an input.
-    inputs = [p + r[:-1] for p, r in zip(sequences.prompt_ids, sequences.response_ids, strict=True)]
-    longest_input = max(len(x) for x in inputs)
+    longest_prompt = max(len(p) for p in sequences.prompt_ids)
     longest_response = max(len(r) for r in sequences.response_ids)
-    batch = len(inputs)
-    input_ids = torch.full((batch, longest_input), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, longest_input), dtype=torch.long)
-    positions = torch.zeros((batch, longest_response), dtype=torch.long)
+    batch, width = len(sequences), longest_prompt + longest_response - 1
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
     labels = torch.zeros((batch, longest_response), dtype=torch.long)
     response_mask = torch.zeros((batch, longest_response), dtype=torch.bool)
-    for i, (x, prompt, response) in enumerate(zip(inputs, sequences.prompt_ids, sequences.response_ids, strict=True)):
-        input_ids[i, : len(x)] = torch.tensor(x)
-        attention_mask[i, : len(x)] = 1
-        positions[i, : len(response)] = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(response))
+    for i, (prompt, response) in enumerate(zip(sequences.prompt_ids, sequences.response_ids, strict=True)):
+        start = longest_prompt - len(prompt)
+        # The last response token is only a label, never an input.
+        tokens = prompt + response[:-1]
+        input_ids[i, start : start + len(tokens)] = torch.tensor(tokens)
+        attention_mask[i, start : start + len(tokens)] = 1
         labels[i, : len(response)] = torch.tensor(response)
         response_mask[i, : len(response)] = True
-    return PackedSequences(input_ids, attention_mask, positions, labels, response_mask)
-
-
-def gather_response_logits(logits: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
-    """[B, L, V] → [B, R, V]: the logits that predict each response token."""
-    index = packed.response_positions.unsqueeze(-1).expand(-1, -1, logits.size(-1))
-    return torch.gather(logits, 1, index)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return PackedSequences(input_ids, attention_mask, position_ids, labels, response_mask)
 
 
 def pad_teacher_logprobs(rows: list[np.ndarray], longest_response: int) -> torch.Tensor:
-    """Per-sequence [R_i, V] arrays → [B, R, V]; padded rows are uniform and always masked out."""
+    """Per-sequence [R_i, V] arrays → [B, R, V]; padded rows are zeros and always masked out."""
     vocab = rows[0].shape[-1]
     out = torch.zeros((len(rows), longest_response, vocab), dtype=torch.float32)
     for i, row in enumerate(rows):

@@ -89,20 +89,15 @@ class LearnerRank:
             "wall_clock_breakdown": False,
         }
 
-    def _forward(self, input_ids, attention_mask):
-        return self.engine(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
-
-    def _reference_forward(self, input_ids, attention_mask):
-        return self.reference(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
-
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        from learner.losses import compute_loss
+        from functools import partial
+
+        from learner.losses import compute_loss, response_logits
 
         started = time.perf_counter()
         self.engine.train()
-        loss, metrics = compute_loss(
-            self.objective, batch, self._forward, self._reference_forward if self.reference is not None else None, self.pad_id
-        )
+        reference_forward = partial(response_logits, self.reference) if self.reference is not None else None
+        loss, metrics = compute_loss(self.objective, batch, partial(response_logits, self.engine), reference_forward, self.pad_id)
         self.engine.backward(loss)
         self.engine.step()
         self.step += 1

@@ -172,7 +172,7 @@ def format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {field}: {item['msg']}")
+        lines.append(f"  {field}: {item['msg'].removeprefix('Value error, ')}")
     return "invalid run config:\n" + "\n".join(lines)
 
 

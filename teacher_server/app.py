@@ -1,6 +1,8 @@
 """The Ray Serve application: `TeacherScorer` behind dynamic batching, by handle and over HTTP.
 
-Handle: `await handle.score.remote(ScoreRequest(...))` → `ScoreResponse`.
+Handle: `handle.score_many.remote([ScoreRequest, ...])` → `[ScoreResponse, ...]` (one call per train batch:
+        Serve's per-request overhead would dominate tiny per-sequence calls);
+        `handle.score.remote(ScoreRequest)` → `ScoreResponse`, batched with concurrent callers.
 HTTP:   POST {route_prefix} with JSON {"prompt_ids": [...], "response_ids": [...]} → Arrow IPC stream;
         a bad request gets 400 with the reason, and the server keeps serving.
 """
@@ -21,6 +23,7 @@ from teacher_server.wire import ARROW_MEDIA_TYPE, encode_response, parse_request
 class TeacherDeployment:
     def __init__(self, model_path: str, config: TeacherConfig):
         self.scorer = TeacherScorer(model_path, config.dtype, config.num_threads, config.max_seq_len)
+        self.max_batch_size = config.max_batch_size
         self._score_batch.set_max_batch_size(config.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
@@ -30,6 +33,12 @@ class TeacherDeployment:
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         self.scorer.validate(request)
         return await self._score_batch(request)
+
+    def score_many(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
+        for request in requests:
+            self.scorer.validate(request)
+        size = self.max_batch_size
+        return [r for start in range(0, len(requests), size) for r in self.scorer.score(requests[start : start + size])]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
@@ -47,11 +56,12 @@ class TeacherDeployment:
 def build_app(model_path: str, config: TeacherConfig):
     return TeacherDeployment.options(
         num_replicas=config.num_replicas,
+        logging_config={"log_level": config.log_level},
         ray_actor_options={"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
     ).bind(model_path, config)
 
 
 def deploy(model_path: str, config: TeacherConfig):
     """Starts Serve on `config.http_host:http_port` (loopback by default) and returns the app's handle."""
-    serve.start(http_options={"host": config.http_host, "port": config.http_port})
+    serve.start(http_options={"host": config.http_host, "port": config.http_port}, logging_config={"log_level": config.log_level})
     return serve.run(build_app(model_path, config), name=config.app_name, route_prefix=config.route_prefix)

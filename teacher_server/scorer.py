@@ -39,21 +39,29 @@ class TeacherScorer:
             raise BadScoreRequest(f"prompt + response is {total} tokens; the limit is {self.max_seq_len}")
 
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
-        """One padded forward over all requests; row t of each result predicts response token t."""
+        """One padded forward over all requests; row t of each result predicts response token t.
+
+        Prompts are left-padded so all responses start at the same column and only the response positions
+        go through the LM head (`logits_to_keep`).
+        """
         import torch
 
-        inputs = [r.prompt_ids + r.response_ids[:-1] for r in requests]
-        longest = max(len(x) for x in inputs)
-        input_ids = torch.zeros((len(inputs), longest), dtype=torch.long)
+        longest_prompt = max(len(r.prompt_ids) for r in requests)
+        longest_response = max(len(r.response_ids) for r in requests)
+        input_ids = torch.zeros((len(requests), longest_prompt + longest_response - 1), dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
-        for i, x in enumerate(inputs):
-            input_ids[i, : len(x)] = torch.tensor(x)
-            attention_mask[i, : len(x)] = 1
-        with torch.inference_mode():
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
-        responses = []
         for i, r in enumerate(requests):
-            start = len(r.prompt_ids) - 1
-            rows = logits[i, start : start + len(r.response_ids)].float()
-            responses.append(ScoreResponse(logprobs=torch.log_softmax(rows, dim=-1).cpu().numpy().astype(np.float32)))
-        return responses
+            start = longest_prompt - len(r.prompt_ids)
+            tokens = r.prompt_ids + r.response_ids[:-1]
+            input_ids[i, start : start + len(tokens)] = torch.tensor(tokens)
+            attention_mask[i, start : start + len(tokens)] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                position_ids=position_ids.to(self.device),
+                logits_to_keep=longest_response,
+            ).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        return [ScoreResponse(logprobs=logprobs[i, : len(r.response_ids)].astype(np.float32, copy=True)) for i, r in enumerate(requests)]

@@ -1,0 +1,78 @@
+"""`dudi`: the command line. Parses and validates first; torch, Ray and vLLM load only after that.
+
+    dudi tiny-world [--seed N] [--out DIR] [--force]
+    dudi train CONFIG.yaml [key.sub=value ...]
+    dudi eval CHECKPOINT [--data PATH]
+    dudi teacher serve CONFIG.yaml [key.sub=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dudi", description="Multilingual on-policy distillation (DuDi) on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    world = sub.add_parser("tiny-world", help="build the tiny models and data (cached)")
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--out", type=Path, default=None, help="default: $DUDI_TINY_WORLD or ~/.cache/dudi/tiny-world-seed<N>")
+    world.add_argument("--teacher-steps", type=int, default=None, help="teacher SFT steps (default 400)")
+    world.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    train = sub.add_parser("train", help="one run: cold-start SFT, then distillation")
+    train.add_argument("config", type=Path)
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4 distill.steps=10")
+
+    evaluation = sub.add_parser("eval", help="per-language exact match of a checkpoint (greedy, vLLM)")
+    evaluation.add_argument("checkpoint")
+    evaluation.add_argument("--data", default=None, help="eval jsonl/parquet/dataset dir (default: the tiny world's eval split)")
+    evaluation.add_argument("--max-new-tokens", type=int, default=64)
+    evaluation.add_argument("--prompt-column", default="prompt")
+    evaluation.add_argument("--response-column", default="response")
+    evaluation.add_argument("--lang-column", default="lang")
+
+    teacher = sub.add_parser("teacher", help="the teacher server alone")
+    teacher_sub = teacher.add_subparsers(dest="teacher_command", required=True)
+    serve = teacher_sub.add_parser("serve", help="serve the config's teacher over HTTP until interrupted")
+    serve.add_argument("config", type=Path)
+    serve.add_argument("overrides", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from orchestrator.config import ConfigError
+    from orchestrator.data import DataError
+    from orchestrator.startup import StartupError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, DataError, StartupError) as error:
+        print(f"dudi: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "tiny-world":
+        from orchestrator.commands import tiny_world
+
+        return tiny_world(args.seed, args.out, args.teacher_steps, args.force)
+    if args.command == "train":
+        from orchestrator.commands import train
+
+        return train(args.config, args.overrides)
+    if args.command == "eval":
+        from orchestrator.commands import evaluate_checkpoint
+
+        return evaluate_checkpoint(args)
+    from orchestrator.commands import serve_teacher
+
+    return serve_teacher(args.config, args.overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

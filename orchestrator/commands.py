@@ -1,0 +1,85 @@
+"""What each `dudi` subcommand does, once its arguments are parsed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from orchestrator.config import DataConfig, RayConfig, load_config, tiny_world_dir
+
+
+def tiny_world(seed: int, out: Path | None, teacher_steps: int | None, force: bool) -> int:
+    from orchestrator.tiny_world.build import FORMAT_VERSION, TinyWorldSpec, build
+
+    out = out or tiny_world_dir(seed)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists() and not force:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format_version") == FORMAT_VERSION and manifest["spec"]["seed"] == seed:
+            print(f"[tiny-world] cached at {out} (use --force to rebuild)")
+            return 0
+    spec = TinyWorldSpec(seed=seed) if teacher_steps is None else TinyWorldSpec(seed=seed, teacher_steps=teacher_steps)
+    manifest = build(out, spec)
+    print(
+        f"[tiny-world] built {out} in {manifest['build_seconds']} s: teacher {manifest['teacher_parameters'] / 1e6:.2f}M params "
+        f"(final loss {manifest['teacher_final_loss']:.3f}), student {manifest['student_parameters'] / 1e6:.2f}M params"
+    )
+    return 0
+
+
+def train(config_path: Path, overrides: list[str]) -> int:
+    cfg = load_config(config_path, overrides)
+    from orchestrator.evaluate import format_table
+    from orchestrator.loop import train as run_training
+
+    started = time.perf_counter()
+    result = run_training(cfg)
+    print(f"\nrun finished in {time.perf_counter() - started:.0f} s; stages: {result.stage_seconds}")
+    for name, path in result.checkpoints.items():
+        print(f"checkpoint {name}: {path}")
+    if result.accuracy:
+        languages = [k for k in next(iter(result.accuracy.values())) if k != "avg"]
+        print("\nexact match on the eval split (%), greedy:\n")
+        print(format_table(result.accuracy, sorted(languages)))
+    return 0
+
+
+def evaluate_checkpoint(args) -> int:
+    from orchestrator.data import load_examples
+    from orchestrator.evaluate import evaluate, format_table
+    from orchestrator.startup import init_ray, load_tokenizer
+    from rollout.config import RolloutConfig
+    from rollout.group import RolloutGroup
+
+    data_path = args.data or str(tiny_world_dir() / "data" / "eval.jsonl")
+    data = DataConfig(
+        train_path=data_path, eval_path=data_path, prompt_column=args.prompt_column,
+        response_column=args.response_column, lang_column=args.lang_column,
+    )
+    rows = load_examples(data, "eval")
+    tokenizer = load_tokenizer(args.checkpoint)
+    init_ray(RayConfig())
+    group = RolloutGroup(RolloutConfig(num_workers=1), args.checkpoint, seed=0)
+    try:
+        scores = evaluate(group, tokenizer, rows, args.max_new_tokens)
+    finally:
+        group.shutdown()
+    print(format_table({args.checkpoint: scores}, sorted(k for k in scores if k != "avg")))
+    return 0
+
+
+def serve_teacher(config_path: Path, overrides: list[str]) -> int:
+    cfg = load_config(config_path, overrides)
+    from orchestrator.startup import init_ray
+    from teacher_server.app import deploy
+
+    init_ray(cfg.ray)
+    deploy(cfg.models.teacher, cfg.teacher)
+    t = cfg.teacher
+    print(f"teacher {cfg.models.teacher} serving on http://{t.http_host}:{t.http_port}{t.route_prefix} (Ctrl-C stops it)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0

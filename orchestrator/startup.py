@@ -1,0 +1,57 @@
+"""Start-up checks and shared set-up: Ray, tokenizer, vocabulary compatibility of teacher and student."""
+
+from __future__ import annotations
+
+from orchestrator.config import RayConfig
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise StartupError(f"the tokenizer of {model_path!r} has no chat template")
+    return tokenizer
+
+
+def check_shared_vocabulary(student_path: str, teacher_path: str) -> None:
+    """Token-level distillation compares distributions id by id: ids and special tokens must agree."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    student, teacher = AutoTokenizer.from_pretrained(student_path), AutoTokenizer.from_pretrained(teacher_path)
+    problems = []
+    if student.get_vocab() != teacher.get_vocab():
+        problems.append(f"token ids differ ({len(student)} vs {len(teacher)} tokens)")
+    for attr in ("eos_token", "pad_token"):
+        if getattr(student, attr) != getattr(teacher, attr):
+            problems.append(f"{attr} differs ({getattr(student, attr)!r} vs {getattr(teacher, attr)!r})")
+    student_vocab = AutoConfig.from_pretrained(student_path).vocab_size
+    teacher_vocab = AutoConfig.from_pretrained(teacher_path).vocab_size
+    if student_vocab != teacher_vocab:
+        problems.append(f"logit width differs (vocab_size {student_vocab} vs {teacher_vocab})")
+    if problems:
+        raise StartupError(
+            f"student {student_path!r} and teacher {teacher_path!r} do not share a vocabulary: " + "; ".join(problems)
+        )
+
+
+def init_ray(cfg: RayConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address)
+        return
+    ray.init(
+        num_cpus=cfg.num_cpus,
+        include_dashboard=cfg.include_dashboard,
+        # vLLM's INFO lines would drown the progress bars of a local run.
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}},
+    )

@@ -1,0 +1,94 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = """
+models: {student: s, teacher: t}
+data: {train_path: a.jsonl, eval_path: b.jsonl}
+"""
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    cfg = load_config(path)
+    assert cfg.models.student and cfg.models.teacher
+
+
+def test_defaults_follow_the_design_card(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    o = cfg.learner.objective
+    assert (o.method, o.alpha, o.lam, o.divergence, o.kd_temperature, o.spin_beta) == ("dudi", 0.1, 0.5, "rkl", 1.0, 0.1)
+    s = cfg.rollout.sampling
+    assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.9, 0, 1.0, 256)
+    assert cfg.rollout.max_model_len == 1024 and cfg.learner.lr == 2e-5 and cfg.distill.batch_size == 32
+    assert cfg.distill.epochs == 3 and cfg.verbalizer.mode == "crosslingual"
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), ["learner.lr=1e-4", "learner.objective.divergence=jsd", "distill.steps=7"])
+    assert cfg.learner.lr == 1e-4 and cfg.objective.divergence == "jsd" and cfg.distill.steps == 7
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("learner.objective.lam=1.5", "learner.objective.lam"),
+        ("learner.objective.divergence=kl", "learner.objective.divergence"),
+        ("learner.lr=-1", "learner.lr"),
+        ("verbalizer.mode=french", "verbalizer.mode"),
+        ("learner.bogus=1", "learner.bogus"),
+        ("rollout.sampling.temperature=hot", "rollout.sampling.temperature"),
+    ],
+)
+def test_errors_name_the_field(tmp_path, override, field):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, MINIMAL), [override])
+    assert field in str(error.value)
+
+
+def test_missing_section_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="models"):
+        load_config(write(tmp_path, "data: {train_path: a, eval_path: b}\n"))
+
+
+def test_cross_field_rules(tmp_path):
+    with pytest.raises(ConfigError, match="distill.batch_size"):
+        load_config(write(tmp_path, MINIMAL), ["learner.num_ranks=3", "cold_start.batch_size=33", "distill.batch_size=32"])
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        load_config(write(tmp_path, MINIMAL), ["rollout.max_model_len=64", "rollout.sampling.max_new_tokens=64"])
+    with pytest.raises(ConfigError, match="data.languages"):
+        load_config(write(tmp_path, MINIMAL), ["data.languages=[xx]"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(write(tmp_path, MINIMAL), ["learner.lr"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_config_errors_fast_without_a_traceback(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "train", str(path), "learner.objective.lam=2"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "learner.objective.lam" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_import_does_not_load_torch():
+    code = "import sys, orchestrator.config, orchestrator.cli; print('torch' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
