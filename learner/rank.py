@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 from learner.config import LearnerConfig, ObjectiveConfig
@@ -58,6 +59,8 @@ class LearnerRank:
         )
         if not use_cuda:
             torch.set_num_threads(self.config.num_threads)
+        # DeepSpeed's ZeRO collectives call torch APIs deprecated in 2.13; the warning repeats every step.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
         torch.manual_seed(seed + self.rank)
         import deepspeed
         from transformers import AutoModelForCausalLM

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     world = sub.add_parser("tiny-world", help="build the tiny models and data (cached)")
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--out", type=Path, default=None, help="default: $DUDI_TINY_WORLD or ~/.cache/dudi/tiny-world-seed<N>")
-    world.add_argument("--teacher-steps", type=int, default=None, help="teacher SFT steps (default 400)")
+    world.add_argument("--teacher-steps", type=int, default=None, help="teacher SFT steps (default: TinyWorldSpec.teacher_steps)")
     world.add_argument("--force", action="store_true", help="rebuild even if cached")
 
     train = sub.add_parser("train", help="one run: cold-start SFT, then distillation")

@@ -85,7 +85,12 @@ class Trainer:
             check_shared_vocabulary(cfg.models.student, cfg.models.teacher)
         init_ray(cfg.ray)
         self._say(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s) on {cfg.models.student}")
-        self.rollout = RolloutGroup(cfg.rollout, cfg.models.student, cfg.seed)
+        self.rollout = RolloutGroup(cfg.rollout, cfg.models.student, cfg.seed, wait=False)
+        if cfg.eval.compare_teacher:
+            # The teacher's engine starts beside the student's (start-up is mostly single-threaded) and is
+            # evaluated and released before training begins.
+            self.result.accuracy["teacher"] = self.evaluate_model(cfg.models.teacher)
+        self.rollout.wait_ready()
 
     def close(self) -> None:
         for group in (self.learner, self.rollout):
@@ -107,8 +112,6 @@ class Trainer:
                 model_path = self.run_stage("cold_start", self.cfg.cold_start, ObjectiveConfig(method="sft"), model_path)
             if self.cfg.distill.enabled:
                 model_path = self.run_stage("distill", self.cfg.distill, self.cfg.objective, model_path)
-            if self.cfg.eval.compare_teacher:
-                self.result.accuracy = {"teacher": self.evaluate_model(self.cfg.models.teacher), **self.result.accuracy}
             self._write_results()
             return self.result
         finally:

@@ -52,6 +52,7 @@ def init_ray(cfg: RayConfig) -> None:
     ray.init(
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.include_dashboard,
-        # vLLM's INFO lines would drown the progress bars of a local run.
-        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}},
+        # vLLM logs at INFO, and warns at every in-place reload that the rotary embedding and a tied LM head
+        # have no weights to load (true, and harmless): either would drown the progress bars of a local run.
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"}},
     )

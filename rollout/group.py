@@ -10,12 +10,16 @@ from rollout.worker import RolloutWorker
 
 
 class RolloutGroup:
-    def __init__(self, config: RolloutConfig, model_path: str, seed: int, num_workers: int | None = None):
+    def __init__(self, config: RolloutConfig, model_path: str, seed: int, num_workers: int | None = None, wait: bool = True):
         self.config = config
         actor_cls = ray.remote(num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker)(RolloutWorker)
         count = num_workers or config.num_workers
         self.workers = [actor_cls.remote(config, model_path, seed + i) for i in range(count)]
-        # Surface engine start-up failures here, not at the first generate call.
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Blocks until every engine is up; start-up failures surface here, not at the first generate call."""
         ray.get([w.get_policy_version.remote() for w in self.workers])
 
     def sampling_spec(self, greedy: bool = False, max_new_tokens: int | None = None) -> SamplingSpec:

@@ -1,8 +1,9 @@
 """A vLLM engine in a Ray actor: samples responses tagged with the policy version, takes weights in place.
 
 Weights arrive as a directory holding one safetensors file with HF names (`WeightSnapshot`); the engine
-reloads them with the worker's `reload_weights`, which repacks CPU linear weights (a plain
-`load_weights` does not on CPU), then drops the prefix cache, whose KV came from the old weights.
+reloads them with the worker's `reload_weights` (via `rollout.weight_receiver`), which repacks CPU linear
+weights (a plain `load_weights` does not on CPU), then drops the prefix cache, whose KV came from the old
+weights.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class RolloutWorker:
             max_model_len=config.max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=seed,
+            worker_extension_cls="rollout.weight_receiver.WeightReceiver",
         )
         self.policy_version = policy_version
 
@@ -58,7 +60,7 @@ class RolloutWorker:
         return results
 
     def load_weights(self, snapshot: WeightSnapshot) -> int:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": snapshot.path})
+        self.llm.collective_rpc("receive_weights", kwargs={"weights_path": snapshot.path})
         self.llm.reset_prefix_cache()
         self.policy_version = snapshot.version
         return self.policy_version

@@ -16,7 +16,7 @@ from pathlib import Path
 from orchestrator.tiny_world.task import LANGUAGES, Problem, load_templates, make_rows, render_response, split_problems
 from orchestrator.verbalizer import VerbalizerTemplates, render
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class TinyWorldSpec:
     train_per_language: int = 300
     eval_per_language: int = 40
     vocab_size: int = 2048
-    teacher_steps: int = 400
-    teacher_batch_size: int = 32
+    teacher_steps: int = 1000
+    teacher_batch_size: int = 16
     teacher_lr: float = 3e-3
     teacher_hidden: int = 192
     teacher_layers: int = 4

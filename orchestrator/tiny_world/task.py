@@ -35,10 +35,14 @@ def load_templates(path: Path = TEMPLATES) -> dict:
 
 
 def sample_problem(rng: random.Random) -> Problem:
-    """Operands are single digits ≥ 2 (so plurals always read right); subtraction never goes below 2."""
+    """a is a digit (2..9; 5..9 when subtracting, so the difference is ≥ 2), b a number word (two or three).
+
+    A first prompt with two digit operands asked a 2M-parameter teacher to learn ordinal copying and a
+    100-fact table: after 1,200 steps it was right 14% of the time. One digit number plus one number word
+    is learnt in minutes, and still needs the language's number words and operation words.
+    """
     op = rng.choice(("add", "sub"))
-    x, y = rng.randint(2, 9), rng.randint(2, 9)
-    a, b = (x, y) if op == "add" else (x + y, y)
+    a, b = rng.randint(2 if op == "add" else 5, 9), rng.choice((2, 3))
     return Problem(op, a, b, rng.randrange(6), rng.randrange(6), rng.randrange(3))
 
 
@@ -48,7 +52,7 @@ def render_prompt(templates: dict, problem: Problem, lang: str) -> str:
     return entry[problem.op][problem.template].format(
         name=entry["names"][problem.name],
         qa=item["counted"].format(n=problem.a),
-        qb=item["counted"].format(n=problem.b),
+        qb=item["counted"].format(n=entry["number_words"][problem.b]),
         item=item["bare"],
     )
 
