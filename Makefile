@@ -16,6 +16,7 @@ demo: install
 	$(BIN)/dudi train configs/demo.yaml
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
 lint: install

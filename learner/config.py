@@ -12,10 +12,14 @@ class ObjectiveConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["sft", "dudi"] = Field("dudi", description="sft: cross-entropy on y; dudi: α·SPIN + (1−λ)·Off-KD + λ·On-KD.")
+    method: Literal["sft", "dudi"] = Field(
+        "dudi", description="sft: cross-entropy on y; dudi: α·SPIN + (1−λ)·Off-KD + λ·On-KD."
+    )
     alpha: float = Field(0.1, ge=0.0, description="Weight of the SPIN sequence term (0 switches it off).")
     lam: float = Field(0.5, ge=0.0, le=1.0, description="λ: On-KD weight; Off-KD gets 1−λ.")
-    divergence: Literal["rkl", "fkl", "jsd"] = Field("rkl", description="rkl = KL(π_θ‖π_T), fkl = KL(π_T‖π_θ), jsd = generalized JSD.")
+    divergence: Literal["rkl", "fkl", "jsd"] = Field(
+        "rkl", description="rkl = KL(π_θ‖π_T), fkl = KL(π_T‖π_θ), jsd = generalized JSD."
+    )
     jsd_beta: float = Field(0.5, ge=0.0, le=1.0, description="β of the generalized JSD (0.5 = symmetric).")
     kd_temperature: float = Field(1.0, gt=0.0, description="τ dividing student and teacher logits in D.")
     spin_beta: float = Field(0.1, gt=0.0, description="β of SPIN's log-sigmoid margin.")
@@ -40,7 +44,9 @@ class LearnerConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient-norm clip; 0 disables it.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training dtype (bfloat16 needs a GPU to pay off).")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Training dtype (bfloat16 needs a GPU to pay off)."
+    )
     num_threads: int = Field(2, ge=1, description="torch intra-op threads per rank (CPU).")
     num_cpus_per_rank: float = Field(0.5, ge=0.0, description="Ray CPU reservation per rank.")
     num_gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPU reservation per rank (1 on a GPU cluster).")

@@ -1,7 +1,7 @@
 """Assembles the configured objective for one batch from model forwards (pure torch, testable without DeepSpeed).
 
-    dudi: L = α·SPIN(x, y, y') + (1−λ)·D_off(x, y) + λ·D_on(p_z, ỹ | teacher saw z)
-    sft:  L = CE(x, y)
+dudi: L = α·SPIN(x, y, y') + (1−λ)·D_off(x, y) + λ·D_on(p_z, ỹ | teacher saw z)
+sft:  L = CE(x, y)
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def _sequence_logps(logits: torch.Tensor, packed: PackedSequences) -> torch.Tens
     return objective.sequence_logprob(logits, packed.labels.to(logits.device), packed.response_mask.to(logits.device))
 
 
-def _spin_term(cfg, batch: TrainBatch, chosen: PackedSequences, chosen_logits, policy_forward, reference_forward, pad_id):
+def _spin_term(
+    cfg, batch: TrainBatch, chosen: PackedSequences, chosen_logits, policy_forward, reference_forward, pad_id
+):
     rejected = pack(batch.rejected, pad_id)
     policy_chosen = _sequence_logps(chosen_logits, chosen)
     policy_rejected = _sequence_logps(policy_forward(rejected), rejected)
@@ -114,4 +116,3 @@ def _spin_term(cfg, batch: TrainBatch, chosen: PackedSequences, chosen_logits, p
         "diag/spin_margin": margin.mean().item(),
         "diag/spin_accuracy": (margin > 0).float().mean().item(),
     }
-

@@ -92,7 +92,9 @@ def dft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> 
     return masked_mean(-logps * logps.detach().exp(), mask)
 
 
-def topk_overlap(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+def topk_overlap(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, k: int
+) -> torch.Tensor:
     """|topk(π_T) ∩ topk(π_θ)| / k averaged over masked positions (paper §7.1)."""
     k = min(k, student_logits.size(-1))
     student_top = student_logits.topk(k, dim=-1).indices

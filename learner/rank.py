@@ -42,7 +42,9 @@ class LearnerRank:
 
         return ray.util.get_node_ip_address(), self.config.master_port or free_port()
 
-    def init_engine(self, model_path: str, reference_path: str | None, master: tuple[str, int], lr: float, pad_id: int, seed: int) -> int:
+    def init_engine(
+        self, model_path: str, reference_path: str | None, master: tuple[str, int], lr: float, pad_id: int, seed: int
+    ) -> int:
         import torch
 
         use_cuda = self.config.num_gpus_per_rank > 0 and torch.cuda.is_available()
@@ -69,12 +71,16 @@ class LearnerRank:
         dtype = torch.bfloat16 if self.config.dtype == "bfloat16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         if self.objective.uses_reference:
-            self.reference = AutoModelForCausalLM.from_pretrained(reference_path or model_path, dtype=dtype).to(self.device)
+            self.reference = AutoModelForCausalLM.from_pretrained(reference_path or model_path, dtype=dtype).to(
+                self.device
+            )
             self.reference.eval().requires_grad_(False)
         # A torch AdamW keeps DeepSpeed from JIT-building fused_adam on CPU (about a minute per fresh machine).
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=self.config.weight_decay)
         warmup = self.config.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
@@ -100,7 +106,9 @@ class LearnerRank:
         started = time.perf_counter()
         self.engine.train()
         reference_forward = partial(response_logits, self.reference) if self.reference is not None else None
-        loss, metrics = compute_loss(self.objective, batch, partial(response_logits, self.engine), reference_forward, self.pad_id)
+        loss, metrics = compute_loss(
+            self.objective, batch, partial(response_logits, self.engine), reference_forward, self.pad_id
+        )
         self.engine.backward(loss)
         self.engine.step()
         self.step += 1

@@ -1,9 +1,9 @@
 """`dudi`: the command line. Parses and validates first; torch, Ray and vLLM load only after that.
 
-    dudi tiny-world [--seed N] [--out DIR] [--force]
-    dudi train CONFIG.yaml [key.sub=value ...]
-    dudi eval CHECKPOINT [--data PATH]
-    dudi teacher serve CONFIG.yaml [key.sub=value ...]
+dudi tiny-world [--seed N] [--out DIR] [--force]
+dudi train CONFIG.yaml [key.sub=value ...]
+dudi eval CHECKPOINT [--data PATH]
+dudi teacher serve CONFIG.yaml [key.sub=value ...]
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ def _parser() -> argparse.ArgumentParser:
 
     world = sub.add_parser("tiny-world", help="build the tiny models and data (cached)")
     world.add_argument("--seed", type=int, default=0)
-    world.add_argument("--out", type=Path, default=None, help="default: $DUDI_TINY_WORLD or ~/.cache/dudi/tiny-world-seed<N>")
-    world.add_argument("--teacher-steps", type=int, default=None, help="teacher SFT steps (default: TinyWorldSpec.teacher_steps)")
+    world.add_argument(
+        "--out", type=Path, default=None, help="default: $DUDI_TINY_WORLD or ~/.cache/dudi/tiny-world-seed<N>"
+    )
+    world.add_argument(
+        "--teacher-steps", type=int, default=None, help="teacher SFT steps (default: TinyWorldSpec.teacher_steps)"
+    )
     world.add_argument("--force", action="store_true", help="rebuild even if cached")
 
     train = sub.add_parser("train", help="one run: cold-start SFT, then distillation")
@@ -29,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluation = sub.add_parser("eval", help="per-language exact match of a checkpoint (greedy, vLLM)")
     evaluation.add_argument("checkpoint")
-    evaluation.add_argument("--data", default=None, help="eval jsonl/parquet/dataset dir (default: the tiny world's eval split)")
+    evaluation.add_argument(
+        "--data", default=None, help="eval jsonl/parquet/dataset dir (default: the tiny world's eval split)"
+    )
     evaluation.add_argument("--max-new-tokens", type=int, default=64)
     evaluation.add_argument("--prompt-column", default="prompt")
     evaluation.add_argument("--response-column", default="response")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from orchestrator.config import DataConfig, RayConfig, load_config, tiny_world_dir
@@ -13,13 +14,14 @@ def tiny_world(seed: int, out: Path | None, teacher_steps: int | None, force: bo
     from orchestrator.tiny_world.build import FORMAT_VERSION, TinyWorldSpec, build
 
     out = out or tiny_world_dir(seed)
+    spec = TinyWorldSpec(seed=seed) if teacher_steps is None else TinyWorldSpec(seed=seed, teacher_steps=teacher_steps)
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format_version") == FORMAT_VERSION and manifest["spec"]["seed"] == seed:
+        if manifest.get("format_version") == FORMAT_VERSION and manifest.get("spec") == asdict(spec):
             print(f"[tiny-world] cached at {out} (use --force to rebuild)")
             return 0
-    spec = TinyWorldSpec(seed=seed) if teacher_steps is None else TinyWorldSpec(seed=seed, teacher_steps=teacher_steps)
+        print(f"[tiny-world] {out} was built by another version or spec; rebuilding")
     manifest = build(out, spec)
     print(
         f"[tiny-world] built {out} in {manifest['build_seconds']} s: teacher {manifest['teacher_parameters'] / 1e6:.2f}M params "
@@ -54,8 +56,11 @@ def evaluate_checkpoint(args) -> int:
 
     data_path = args.data or str(tiny_world_dir() / "data" / "eval.jsonl")
     data = DataConfig(
-        train_path=data_path, eval_path=data_path, prompt_column=args.prompt_column,
-        response_column=args.response_column, lang_column=args.lang_column,
+        train_path=data_path,
+        eval_path=data_path,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        lang_column=args.lang_column,
     )
     rows = load_examples(data, "eval")
     tokenizer = load_tokenizer(args.checkpoint)
@@ -77,7 +82,9 @@ def serve_teacher(config_path: Path, overrides: list[str]) -> int:
     init_ray(cfg.ray)
     deploy(cfg.models.teacher, cfg.teacher)
     t = cfg.teacher
-    print(f"teacher {cfg.models.teacher} serving on http://{t.http_host}:{t.http_port}{t.route_prefix} (Ctrl-C stops it)")
+    print(
+        f"teacher {cfg.models.teacher} serving on http://{t.http_host}:{t.http_port}{t.route_prefix} (Ctrl-C stops it)"
+    )
     try:
         while True:
             time.sleep(3600)

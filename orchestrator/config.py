@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 class ModelsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    student: str = Field(description="Student init: local dir or HF cache name. `{tiny_world}` expands to the tiny-world dir.")
+    student: str = Field(
+        description="Student init: local dir or HF cache name. `{tiny_world}` expands to the tiny-world dir."
+    )
     teacher: str = Field(description="Teacher: local dir or HF cache name; must share the student's vocabulary.")
 
 
@@ -49,7 +51,9 @@ class VerbalizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["none", "english", "multilingual", "crosslingual", "mix"] = "crosslingual"
-    include_english_target: bool = Field(True, description="Crosslingual targets = training languages, plus English if set.")
+    include_english_target: bool = Field(
+        True, description="Crosslingual targets = training languages, plus English if set."
+    )
     templates_path: str | None = Field(None, description="YAML of templates; None = the shipped ones.")
 
 
@@ -69,7 +73,9 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at_end_of_stages: bool = True
-    compare_teacher: bool = Field(False, description="Also evaluate the teacher (one more vLLM engine) for the final table.")
+    compare_teacher: bool = Field(
+        False, description="Also evaluate the teacher (one more vLLM engine) for the final table."
+    )
     max_new_tokens: int = Field(64, ge=1)
 
 

@@ -35,7 +35,9 @@ def load_dataset_any(path: str):
     suffix = source.suffix.lower()
     builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(suffix)
     if builder is None:
-        raise DataError(f"{path!r}: unsupported data format {suffix!r}; use .jsonl, .json, .parquet or a saved dataset dir")
+        raise DataError(
+            f"{path!r}: unsupported data format {suffix!r}; use .jsonl, .json, .parquet or a saved dataset dir"
+        )
     return datasets.load_dataset(builder, data_files=str(source), split="train")
 
 
@@ -48,7 +50,9 @@ def load_examples(config: DataConfig, split: str) -> list[Example]:
         fields = ", ".join(f"data.{k}_column={v!r}" for k, v in missing.items())
         raise DataError(f"{path!r} has no column for {fields}; its columns are {dataset.column_names}")
     rows = [
-        Example(prompt=str(row[columns["prompt"]]), response=str(row[columns["response"]]), lang=str(row[columns["lang"]]))
+        Example(
+            prompt=str(row[columns["prompt"]]), response=str(row[columns["response"]]), lang=str(row[columns["lang"]])
+        )
         for row in dataset
     ]
     if config.languages:

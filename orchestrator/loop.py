@@ -70,7 +70,9 @@ class Trainer:
         self.eval_rows = load_examples(cfg.data, "eval")
         self.languages = sorted({r.lang for r in self.train_rows})
         self.metrics = MetricsLogger(self.run_dir)
-        self.weights_dir = tempfile.mkdtemp(prefix="dudi-weights-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+        self.weights_dir = tempfile.mkdtemp(
+            prefix="dudi-weights-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+        )
         self.rollout: RolloutGroup | None = None
         self.learner: LearnerGroup | None = None
         self.teacher = None
@@ -109,7 +111,9 @@ class Trainer:
         try:
             model_path = self.cfg.models.student
             if self.cfg.cold_start.enabled:
-                model_path = self.run_stage("cold_start", self.cfg.cold_start, ObjectiveConfig(method="sft"), model_path)
+                model_path = self.run_stage(
+                    "cold_start", self.cfg.cold_start, ObjectiveConfig(method="sft"), model_path
+                )
             if self.cfg.distill.enabled:
                 model_path = self.run_stage("distill", self.cfg.distill, self.cfg.objective, model_path)
             self._write_results()
@@ -123,10 +127,16 @@ class Trainer:
         if objective.uses_teacher and self.teacher is None:
             self.teacher = self._deploy_teacher()
         learner_cfg = self.cfg.learner.model_copy(update={"objective": objective})
-        self._say(f"[{name}] starting {learner_cfg.num_ranks} DeepSpeed learner rank(s) (ZeRO-{learner_cfg.zero_stage}) on {init_path}")
+        self._say(
+            f"[{name}] starting {learner_cfg.num_ranks} DeepSpeed learner rank(s) (ZeRO-{learner_cfg.zero_stage}) on {init_path}"
+        )
         self.learner = LearnerGroup(
-            learner_cfg, init_path, init_path if objective.uses_reference else None,
-            stage.lr or learner_cfg.lr, self.tokenizer.pad_token_id, self.cfg.seed,
+            learner_cfg,
+            init_path,
+            init_path if objective.uses_reference else None,
+            stage.lr or learner_cfg.lr,
+            self.tokenizer.pad_token_id,
+            self.cfg.seed,
         )
         verbalizer = self._verbalizer() if objective.uses_teacher else None
         num_steps = stage_steps(stage, len(self.train_rows))
@@ -149,8 +159,16 @@ class Trainer:
     def _train_loop(self, name, stage, objective, verbalizer, num_steps: int) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=num_steps, desc=f"[{name}] {objective.method}", unit="step", disable=not self.progress, mininterval=1.0)
-        for step, rows in enumerate(batches(self.train_rows, stage.batch_size, num_steps, self.cfg.seed + len(name)), 1):
+        bar = tqdm(
+            total=num_steps,
+            desc=f"[{name}] {objective.method}",
+            unit="step",
+            disable=not self.progress,
+            mininterval=1.0,
+        )
+        for step, rows in enumerate(
+            batches(self.train_rows, stage.batch_size, num_steps, self.cfg.seed + len(name)), 1
+        ):
             metrics = self.train_step(rows, objective, verbalizer)
             self.metrics.log(name, step, metrics)
             self.result.last_metrics[name] = metrics
@@ -159,7 +177,9 @@ class Trainer:
         bar.close()
 
     # --- one step: generate → score → train → sync -------------------------------------------------------------
-    def train_step(self, rows: list[Example], objective: ObjectiveConfig, verbalizer: Verbalizer | None) -> dict[str, float]:
+    def train_step(
+        self, rows: list[Example], objective: ObjectiveConfig, verbalizer: Verbalizer | None
+    ) -> dict[str, float]:
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         prompts = steps.build_prompts(rows, self.tokenizer, verbalizer)
@@ -201,7 +221,9 @@ class Trainer:
     def _deploy_teacher(self):
         from teacher_server.app import deploy
 
-        self._say(f"deploying the teacher server (Ray Serve, {self.cfg.teacher.num_replicas} replica(s)) on {self.cfg.models.teacher}")
+        self._say(
+            f"deploying the teacher server (Ray Serve, {self.cfg.teacher.num_replicas} replica(s)) on {self.cfg.models.teacher}"
+        )
         return deploy(self.cfg.models.teacher, self.cfg.teacher)
 
     def _verbalizer(self) -> Verbalizer:

@@ -55,7 +55,9 @@ def split_generations(results: list[GenerationResult], prompts: PromptSet, objec
     return rejected, on_policy
 
 
-def score_requests(prompts: PromptSet, on_policy: list[GenerationResult], objective: ObjectiveConfig) -> list[ScoreRequest]:
+def score_requests(
+    prompts: PromptSet, on_policy: list[GenerationResult], objective: ObjectiveConfig
+) -> list[ScoreRequest]:
     """Teacher sees (x, y) for Off-KD and (z, ỹ) for On-KD: ỹ was sampled under p_z, scored under z."""
     requests = []
     if objective.lam < 1:
@@ -65,7 +67,9 @@ def score_requests(prompts: PromptSet, on_policy: list[GenerationResult], object
     return requests
 
 
-def assemble_batch(prompts: PromptSet, rejected, on_policy, teacher_logprobs: list, objective: ObjectiveConfig) -> TrainBatch:
+def assemble_batch(
+    prompts: PromptSet, rejected, on_policy, teacher_logprobs: list, objective: ObjectiveConfig
+) -> TrainBatch:
     n = len(prompts.x)
     off_scores = teacher_logprobs[:n] if objective.lam < 1 else None
     on_scores = teacher_logprobs[n:] if objective.lam < 1 else teacher_logprobs

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """The user turn plus the assistant header, as the model sees it at generation time."""
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
     return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 

@@ -46,8 +46,14 @@ class Verbalized:
 class Verbalizer:
     """State: the mode, the templates, the crosslingual target set and a seeded RNG for l_z."""
 
-    def __init__(self, mode: str, training_languages: list[str], include_english_target: bool = True,
-                 templates: VerbalizerTemplates | None = None, seed: int = 0):
+    def __init__(
+        self,
+        mode: str,
+        training_languages: list[str],
+        include_english_target: bool = True,
+        templates: VerbalizerTemplates | None = None,
+        seed: int = 0,
+    ):
         if mode not in MODES:
             raise ValueError(f"verbalizer.mode {mode!r} is not one of {MODES}")
         self.mode = mode

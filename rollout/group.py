@@ -10,7 +10,9 @@ from rollout.worker import RolloutWorker
 
 
 class RolloutGroup:
-    def __init__(self, config: RolloutConfig, model_path: str, seed: int, num_workers: int | None = None, wait: bool = True):
+    def __init__(
+        self, config: RolloutConfig, model_path: str, seed: int, num_workers: int | None = None, wait: bool = True
+    ):
         self.config = config
         actor_cls = ray.remote(num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker)(RolloutWorker)
         count = num_workers or config.num_workers

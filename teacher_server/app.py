@@ -28,7 +28,11 @@ class TeacherDeployment:
         self._score_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
     def info(self) -> dict:
-        return {"model_path": self.scorer.model_path, "vocab_size": self.scorer.vocab_size, "max_seq_len": self.scorer.max_seq_len}
+        return {
+            "model_path": self.scorer.model_path,
+            "vocab_size": self.scorer.vocab_size,
+            "max_seq_len": self.scorer.max_seq_len,
+        }
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         self.scorer.validate(request)
@@ -63,5 +67,8 @@ def build_app(model_path: str, config: TeacherConfig):
 
 def deploy(model_path: str, config: TeacherConfig):
     """Starts Serve on `config.http_host:http_port` (loopback by default) and returns the app's handle."""
-    serve.start(http_options={"host": config.http_host, "port": config.http_port}, logging_config={"log_level": config.log_level})
+    serve.start(
+        http_options={"host": config.http_host, "port": config.http_port},
+        logging_config={"log_level": config.log_level},
+    )
     return serve.run(build_app(model_path, config), name=config.app_name, route_prefix=config.route_prefix)

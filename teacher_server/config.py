@@ -22,4 +22,6 @@ class TeacherConfig(BaseModel):
     http_port: int = Field(8321, ge=1, le=65535)
     route_prefix: str = Field("/teacher", pattern=r"^/")
     app_name: str = "teacher"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Serve logs; INFO logs every call.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Serve logs; INFO logs every call."
+    )

@@ -11,7 +11,9 @@ from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse
 
 
 class TeacherScorer:
-    def __init__(self, model_path: str, dtype: str = "float32", num_threads: int | None = None, max_seq_len: int = 1024):
+    def __init__(
+        self, model_path: str, dtype: str = "float32", num_threads: int | None = None, max_seq_len: int = 1024
+    ):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -64,4 +66,7 @@ class TeacherScorer:
                 logits_to_keep=longest_response,
             ).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        return [ScoreResponse(logprobs=logprobs[i, : len(r.response_ids)].astype(np.float32, copy=True)) for i, r in enumerate(requests)]
+        return [
+            ScoreResponse(logprobs=logprobs[i, : len(r.response_ids)].astype(np.float32, copy=True))
+            for i, r in enumerate(requests)
+        ]

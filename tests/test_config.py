@@ -28,7 +28,14 @@ def test_every_shipped_config_parses(path):
 def test_defaults_follow_the_design_card(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     o = cfg.learner.objective
-    assert (o.method, o.alpha, o.lam, o.divergence, o.kd_temperature, o.spin_beta) == ("dudi", 0.1, 0.5, "rkl", 1.0, 0.1)
+    assert (o.method, o.alpha, o.lam, o.divergence, o.kd_temperature, o.spin_beta) == (
+        "dudi",
+        0.1,
+        0.5,
+        "rkl",
+        1.0,
+        0.1,
+    )
     s = cfg.rollout.sampling
     assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens) == (0.9, 0, 1.0, 256)
     assert cfg.rollout.max_model_len == 1024 and cfg.learner.lr == 2e-5 and cfg.distill.batch_size == 32
@@ -36,7 +43,9 @@ def test_defaults_follow_the_design_card(tmp_path):
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
-    cfg = load_config(write(tmp_path, MINIMAL), ["learner.lr=1e-4", "learner.objective.divergence=jsd", "distill.steps=7"])
+    cfg = load_config(
+        write(tmp_path, MINIMAL), ["learner.lr=1e-4", "learner.objective.divergence=jsd", "distill.steps=7"]
+    )
     assert cfg.learner.lr == 1e-4 and cfg.objective.divergence == "jsd" and cfg.distill.steps == 7
 
 
@@ -64,7 +73,9 @@ def test_missing_section_is_named(tmp_path):
 
 def test_cross_field_rules(tmp_path):
     with pytest.raises(ConfigError, match="distill.batch_size"):
-        load_config(write(tmp_path, MINIMAL), ["learner.num_ranks=3", "cold_start.batch_size=33", "distill.batch_size=32"])
+        load_config(
+            write(tmp_path, MINIMAL), ["learner.num_ranks=3", "cold_start.batch_size=33", "distill.batch_size=32"]
+        )
     with pytest.raises(ConfigError, match="max_new_tokens"):
         load_config(write(tmp_path, MINIMAL), ["rollout.max_model_len=64", "rollout.sampling.max_new_tokens=64"])
     with pytest.raises(ConfigError, match="data.languages"):
@@ -82,7 +93,9 @@ def test_cli_reports_config_errors_fast_without_a_traceback(tmp_path):
     path = write(tmp_path, MINIMAL)
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator", "train", str(path), "learner.objective.lam=2"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "learner.objective.lam" in proc.stderr and "Traceback" not in proc.stderr

@@ -13,7 +13,9 @@ ROWS = [
 
 
 def config(path, **kw):
-    return DataConfig(train_path=str(path), eval_path=str(path), prompt_column="q", response_column="a", lang_column="language", **kw)
+    return DataConfig(
+        train_path=str(path), eval_path=str(path), prompt_column="q", response_column="a", lang_column="language", **kw
+    )
 
 
 @pytest.fixture
@@ -71,6 +73,8 @@ def test_tiny_world_rows_are_complete(tiny_world):
         assert final_answer(row["response"]) == row["answer"] == final_answer(row["response_en"])
         assert row["prompt_en"] and row["response_en"]
     assert all(r["prompt"] == r["prompt_en"] for r in rows if r["lang"] == "en")
-    cfg = DataConfig(train_path=str(tiny_world / "data" / "train.jsonl"), eval_path=str(tiny_world / "data" / "eval.jsonl"))
+    cfg = DataConfig(
+        train_path=str(tiny_world / "data" / "train.jsonl"), eval_path=str(tiny_world / "data" / "eval.jsonl")
+    )
     train, evaluation = load_examples(cfg, "train"), load_examples(cfg, "eval")
     assert not {(r.prompt, r.lang) for r in train} & {(r.prompt, r.lang) for r in evaluation}

@@ -38,7 +38,10 @@ def run(tiny_world, ray_session, tmp_path_factory):
             "name": "e2e",
             "output_dir": str(tmp_path_factory.mktemp("runs") / "{name}"),
             "models": {"student": str(tiny_world / "student"), "teacher": str(tiny_world / "teacher")},
-            "data": {"train_path": str(tiny_world / "data" / "train.jsonl"), "eval_path": str(tiny_world / "data" / "eval.jsonl")},
+            "data": {
+                "train_path": str(tiny_world / "data" / "train.jsonl"),
+                "eval_path": str(tiny_world / "data" / "eval.jsonl"),
+            },
             "cold_start": {"steps": COLD_START_STEPS, "batch_size": 8, "lr": 1e-2},
             "distill": {"steps": DISTILL_STEPS, "batch_size": 8, "lr": 1e-2},
             "rollout": {"max_model_len": 384, "sampling": {"max_new_tokens": 12}},
@@ -78,11 +81,15 @@ def test_worker_greedy_after_sync_equals_transformers_greedy_of_the_learner_weig
     initial = AutoModelForCausalLM.from_pretrained(run.cfg.models.student).eval()
     prompts = [encode_prompt(run.tokenizer, row.prompt) for row in run.eval_rows[:6]]
     new_tokens = 12
-    worker = run.rollout.generate([GenerationRequest(p) for p in prompts], run.rollout.sampling_spec(greedy=True, max_new_tokens=new_tokens))
+    worker = run.rollout.generate(
+        [GenerationRequest(p) for p in prompts], run.rollout.sampling_spec(greedy=True, max_new_tokens=new_tokens)
+    )
     eos = run.tokenizer.eos_token_id
     for prompt, result in zip(prompts, worker, strict=True):
         with torch.no_grad():
-            out = final.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            out = final.generate(
+                torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos
+            )
             reference = out[0, len(prompt) :].tolist()
         assert result.response_ids == reference
     # The comparison can fail: training moved the weights away from the student the workers started with.
@@ -121,8 +128,13 @@ def test_teacher_http_scores_match_a_direct_forward_and_bad_requests_get_400(run
     np.testing.assert_allclose(scored, torch.log_softmax(logits, -1).numpy(), atol=1e-5)
 
     vocab = teacher.config.vocab_size
-    for body in (b"not json", b'{"prompt_ids": [1]}', b'{"prompt_ids": [], "response_ids": [1]}',
-                 ('{"prompt_ids": [1], "response_ids": [%d]}' % vocab).encode(), b'{"prompt_ids": [1.5], "response_ids": [1]}'):
+    for body in (
+        b"not json",
+        b'{"prompt_ids": [1]}',
+        b'{"prompt_ids": [], "response_ids": [1]}',
+        f'{{"prompt_ids": [1], "response_ids": [{vocab}]}}'.encode(),
+        b'{"prompt_ids": [1.5], "response_ids": [1]}',
+    ):
         bad = requests.post(url, data=body, timeout=60)
         assert bad.status_code == 400, body
         assert bad.text

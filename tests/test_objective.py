@@ -24,14 +24,14 @@ def brute_divergence(s_logits, t_logits, kind, beta=0.5, tau=1.0):
             pt = [x / sum(q) for x in q]
 
             def kl(p, r):
-                return sum(pi * math.log(pi / ri) for pi, ri in zip(p, r) if pi > 0)
+                return sum(pi * math.log(pi / ri) for pi, ri in zip(p, r, strict=True) if pi > 0)
 
             if kind == "rkl":
                 out[b, t] = kl(ps, pt)
             elif kind == "fkl":
                 out[b, t] = kl(pt, ps)
             else:
-                m = [beta * a + (1 - beta) * c for a, c in zip(pt, ps)]
+                m = [beta * a + (1 - beta) * c for a, c in zip(pt, ps, strict=True)]
                 out[b, t] = beta * kl(pt, m) + (1 - beta) * kl(ps, m)
     return out
 
@@ -40,7 +40,10 @@ def brute_divergence(s_logits, t_logits, kind, beta=0.5, tau=1.0):
 @pytest.mark.parametrize("tau", [1.0, 2.0])
 def test_divergences_match_brute_force(kind, tau):
     gen = torch.Generator().manual_seed(0)
-    s, t = torch.randn(2, 3, 11, generator=gen, dtype=torch.float64), torch.randn(2, 3, 11, generator=gen, dtype=torch.float64) * 3
+    s, t = (
+        torch.randn(2, 3, 11, generator=gen, dtype=torch.float64),
+        torch.randn(2, 3, 11, generator=gen, dtype=torch.float64) * 3,
+    )
     got = objective.token_divergence(s, t, kind, beta=0.3, temperature=tau)
     torch.testing.assert_close(got, brute_divergence(s, t, kind, beta=0.3, tau=tau))
 
@@ -57,15 +60,20 @@ def test_gradcheck_float64():
     s = torch.randn(1, 2, 5, dtype=torch.float64, requires_grad=True)
     t = torch.randn(1, 2, 5, dtype=torch.float64)
     for kind in ("rkl", "fkl", "jsd"):
-        assert torch.autograd.gradcheck(lambda x: objective.token_divergence(x, t, kind).sum(), (s,))
+        assert torch.autograd.gradcheck(lambda x, kind=kind: objective.token_divergence(x, t, kind).sum(), (s,))
 
 
 def test_spin_limits_and_hand_value():
     zeros = torch.zeros(3, dtype=torch.float64)
-    torch.testing.assert_close(objective.spin_loss(zeros, zeros, zeros, zeros, 0.1), torch.full((3,), math.log(2), dtype=torch.float64))
+    torch.testing.assert_close(
+        objective.spin_loss(zeros, zeros, zeros, zeros, 0.1), torch.full((3,), math.log(2), dtype=torch.float64)
+    )
     pc, pr, rc, rr = (torch.tensor([v], dtype=torch.float64) for v in (-5.0, -9.0, -6.0, -7.0))
     margin = (-5 + 6) - (-9 + 7)  # 3
-    torch.testing.assert_close(objective.spin_loss(pc, pr, rc, rr, 0.5), torch.tensor([math.log1p(math.exp(-0.5 * margin))], dtype=torch.float64))
+    torch.testing.assert_close(
+        objective.spin_loss(pc, pr, rc, rr, 0.5),
+        torch.tensor([math.log1p(math.exp(-0.5 * margin))], dtype=torch.float64),
+    )
 
 
 def test_dft_weights_by_detached_probability():
@@ -81,13 +89,21 @@ def test_packing_aligns_responses_and_matches_unpadded_forward():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=1, num_key_value_heads=1)).eval()
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=50,
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+        )
+    ).eval()
     seqs = TokenSequences([[3, 4, 5, 6], [7, 8]], [[9, 10], [11, 12, 13]])
     packed = pack(seqs, pad_id=0)
     with torch.no_grad():
         logits = response_logits(model, packed)
-        for i, (p, r) in enumerate(zip(seqs.prompt_ids, seqs.response_ids)):
+        for i, (p, r) in enumerate(zip(seqs.prompt_ids, seqs.response_ids, strict=True)):
             alone = model(torch.tensor([p + r[:-1]])).logits[0, len(p) - 1 :]
             torch.testing.assert_close(logits[i, : len(r)], alone, atol=1e-5, rtol=1e-4)
             assert packed.labels[i, : len(r)].tolist() == r
@@ -97,17 +113,30 @@ def test_dudi_total_combines_the_three_terms():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=30, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    config = Qwen2Config(
+        vocab_size=30,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+    )
     policy, reference, teacher = (Qwen2ForCausalLM(config).eval() for _ in range(3))
     x, y = [[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]]
     y_prime, p_z, y_tilde = [[11], [12, 13]], [[14, 15, 16, 17], [18]], [[19, 20], [21]]
 
     def teacher_rows(prompts, responses):
-        return [torch.log_softmax(teacher(torch.tensor([p + r[:-1]])).logits[0, len(p) - 1 :], -1).detach().numpy() for p, r in zip(prompts, responses)]
+        return [
+            torch.log_softmax(teacher(torch.tensor([p + r[:-1]])).logits[0, len(p) - 1 :], -1).detach().numpy()
+            for p, r in zip(prompts, responses, strict=True)
+        ]
 
     batch = TrainBatch(
-        chosen=TokenSequences(x, y), rejected=TokenSequences(x, y_prime), on_policy=TokenSequences(p_z, y_tilde),
-        chosen_teacher_logprobs=teacher_rows(x, y), on_policy_teacher_logprobs=teacher_rows(p_z, y_tilde),
+        chosen=TokenSequences(x, y),
+        rejected=TokenSequences(x, y_prime),
+        on_policy=TokenSequences(p_z, y_tilde),
+        chosen_teacher_logprobs=teacher_rows(x, y),
+        on_policy_teacher_logprobs=teacher_rows(p_z, y_tilde),
     )
     cfg = ObjectiveConfig(alpha=0.3, lam=0.25)
     forward = lambda packed: response_logits(policy, packed)  # noqa: E731
@@ -118,7 +147,7 @@ def test_dudi_total_combines_the_three_terms():
     assert metrics["loss/total"] == pytest.approx(expected, rel=1e-6)
     # Off-KD by hand: mean over all response tokens of KL(π_θ‖π_T).
     per_token = []
-    for p, r, t in zip(x, y, batch.chosen_teacher_logprobs):
+    for p, r, t in zip(x, y, batch.chosen_teacher_logprobs, strict=True):
         s = policy(torch.tensor([p + r[:-1]])).logits[0, len(p) - 1 :]
         per_token += objective.token_divergence(s[None], torch.from_numpy(t)[None], "rkl")[0].tolist()
     assert metrics["loss/off_kd"] == pytest.approx(sum(per_token) / len(per_token), rel=1e-5)

@@ -17,7 +17,11 @@ def test_templates_cover_every_language_and_name_every_target(templates):
     assert set(templates.languages) == set(LANGUAGES)
     for lang, entry in templates.languages.items():
         assert set(entry.language_names) == set(LANGUAGES), lang
-        assert "{question}" in entry.teacher and "{demonstration}" in entry.teacher and "{target_language}" in entry.teacher
+        assert (
+            "{question}" in entry.teacher
+            and "{demonstration}" in entry.teacher
+            and "{target_language}" in entry.teacher
+        )
         assert "{question}" in entry.student and "{target_language}" in entry.student
         assert "{demonstration}" not in entry.student, "the student must not see the demonstration"
 
@@ -41,14 +45,16 @@ def test_multilingual_mode_uses_the_sample_language_for_template_and_target(temp
     out = Verbalizer("multilingual", list(LANGUAGES), templates=templates)(PROMPT, RESPONSE, lang)
     entry = templates.languages[lang]
     assert out.target_lang == lang
-    assert out.teacher_prompt == entry.teacher.format(question=PROMPT, demonstration=RESPONSE, target_language=entry.language_names[lang])
+    assert out.teacher_prompt == entry.teacher.format(
+        question=PROMPT, demonstration=RESPONSE, target_language=entry.language_names[lang]
+    )
     assert out.student_prompt == entry.student.format(question=PROMPT, target_language=entry.language_names[lang])
     assert RESPONSE in out.teacher_prompt and RESPONSE not in out.student_prompt
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_crosslingual_target_never_equals_the_sample_language(templates, lang):
-    verbalizer = Verbalizer("crosslingual", [l for l in LANGUAGES if l != "en"], templates=templates, seed=1)
+    verbalizer = Verbalizer("crosslingual", [code for code in LANGUAGES if code != "en"], templates=templates, seed=1)
     targets = collections.Counter(verbalizer(PROMPT, RESPONSE, lang).target_lang for _ in range(400))
     assert lang not in targets
     expected = set(LANGUAGES) - {lang}  # training languages plus English, without the sample's own
@@ -56,7 +62,9 @@ def test_crosslingual_target_never_equals_the_sample_language(templates, lang):
     assert min(targets.values()) > 400 / len(expected) / 2, "l_z should be uniform"
     out = verbalizer(PROMPT, RESPONSE, lang)
     entry = templates.languages[lang]  # the template is written in the sample's language
-    assert out.student_prompt == entry.student.format(question=PROMPT, target_language=entry.language_names[out.target_lang])
+    assert out.student_prompt == entry.student.format(
+        question=PROMPT, target_language=entry.language_names[out.target_lang]
+    )
 
 
 def test_crosslingual_can_leave_english_out(templates):

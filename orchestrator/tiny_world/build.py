@@ -25,7 +25,7 @@ class TinyWorldSpec:
     train_per_language: int = 300
     eval_per_language: int = 40
     vocab_size: int = 2048
-    teacher_steps: int = 1000
+    teacher_steps: int = 900
     teacher_batch_size: int = 16
     teacher_lr: float = 3e-3
     teacher_hidden: int = 192
@@ -53,7 +53,9 @@ def qwen2_config(vocab_size: int, hidden: int, layers: int, tokenizer):
     )
 
 
-def teacher_examples(problems: list[tuple[Problem, str]], rng: random.Random, templates: dict, verbalizer: VerbalizerTemplates):
+def teacher_examples(
+    problems: list[tuple[Problem, str]], rng: random.Random, templates: dict, verbalizer: VerbalizerTemplates
+):
     """(prompt, response) pairs: the plain task plus its verbalized teacher and student prompts."""
     pairs = []
     for row, (problem, lang) in zip(make_rows(problems, templates), problems, strict=True):
