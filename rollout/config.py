@@ -26,6 +26,10 @@ class RolloutConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    enforce_eager: bool = Field(
+        False,
+        description="Skip torch.compile / CUDA graphs: faster engine start, slower generation (tiny or short runs).",
+    )
     num_cpus_per_worker: float = Field(0.5, ge=0.0)
     num_gpus_per_worker: float = Field(0.0, ge=0.0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

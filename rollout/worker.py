@@ -27,6 +27,7 @@ class RolloutWorker:
             max_model_len=config.max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=seed,
+            enforce_eager=config.enforce_eager,
             worker_extension_cls="rollout.weight_receiver.WeightReceiver",
         )
         self.policy_version = policy_version

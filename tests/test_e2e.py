@@ -44,7 +44,7 @@ def run(tiny_world, ray_session, tmp_path_factory):
             },
             "cold_start": {"steps": COLD_START_STEPS, "batch_size": 8, "lr": 1e-2},
             "distill": {"steps": DISTILL_STEPS, "batch_size": 8, "lr": 1e-2},
-            "rollout": {"max_model_len": 384, "sampling": {"max_new_tokens": 12}},
+            "rollout": {"max_model_len": 384, "enforce_eager": True, "sampling": {"max_new_tokens": 12}},
             "teacher": {"max_seq_len": 384, "http_port": free_port()},
             "eval": {"at_end_of_stages": False, "max_new_tokens": 12},
         }
