@@ -25,6 +25,13 @@ def test_every_shipped_config_parses(path):
     assert cfg.models.student and cfg.models.teacher
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "deploy").rglob("*.yaml")), ids=lambda p: p.name)
+def test_deploy_manifests_are_valid_yaml(path):
+    import yaml
+
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
 def test_defaults_follow_the_design_card(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     o = cfg.learner.objective
