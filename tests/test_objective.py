@@ -85,20 +85,23 @@ def test_dft_weights_by_detached_probability():
     torch.testing.assert_close(objective.dft_loss(logits, labels, mask), expected)
 
 
-def test_packing_aligns_responses_and_matches_unpadded_forward():
+def tiny_qwen2(vocab_size: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_packing_aligns_responses_and_matches_unpadded_forward():
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=50,
-            hidden_size=64,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=1,
-            num_key_value_heads=1,
-        )
-    ).eval()
+    model = tiny_qwen2(50)
     seqs = TokenSequences([[3, 4, 5, 6], [7, 8]], [[9, 10], [11, 12, 13]])
     packed = pack(seqs, pad_id=0)
     with torch.no_grad():
@@ -110,18 +113,8 @@ def test_packing_aligns_responses_and_matches_unpadded_forward():
 
 
 def test_dudi_total_combines_the_three_terms():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=30,
-        hidden_size=64,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-    )
-    policy, reference, teacher = (Qwen2ForCausalLM(config).eval() for _ in range(3))
+    policy, reference, teacher = (tiny_qwen2(30) for _ in range(3))
     x, y = [[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]]
     y_prime, p_z, y_tilde = [[11], [12, 13]], [[14, 15, 16, 17], [18]], [[19, 20], [21]]
 
