@@ -10,6 +10,7 @@ import random
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from learner.group import LearnerGroup
 from learner.types import TokenSequences, TrainBatch
 from orchestrator import steps
 from orchestrator.config import RunConfig, StageConfig
-from orchestrator.data import Example, load_examples
+from orchestrator.data import DataError, Example, load_examples
 from orchestrator.evaluate import evaluate, format_table
 from orchestrator.metrics import MetricsLogger
 from orchestrator.startup import check_shared_vocabulary, init_ray, load_tokenizer
@@ -40,6 +41,8 @@ class RunResult:
 
 def batches(rows: list[Example], batch_size: int, num_steps: int, seed: int) -> Iterator[list[Example]]:
     """Shuffled epochs, cut into full batches, until `num_steps` batches were given."""
+    if batch_size > len(rows):
+        raise DataError(f"batch size {batch_size} is larger than the {len(rows)} training rows")
     rng = random.Random(seed)
     given = 0
     while True:
@@ -107,15 +110,15 @@ class Trainer:
         self.metrics.close()
 
     def run(self) -> RunResult:
-        self.start()
         try:
+            self.start()
             model_path = self.cfg.models.student
             if self.cfg.cold_start.enabled:
                 model_path = self.run_stage(
                     "cold_start", self.cfg.cold_start, ObjectiveConfig(method="sft"), model_path
                 )
             if self.cfg.distill.enabled:
-                model_path = self.run_stage("distill", self.cfg.distill, self.cfg.objective, model_path)
+                self.run_stage("distill", self.cfg.distill, self.cfg.objective, model_path)
             self._write_results()
             return self.result
         finally:
@@ -167,7 +170,7 @@ class Trainer:
             mininterval=1.0,
         )
         for step, rows in enumerate(
-            batches(self.train_rows, stage.batch_size, num_steps, self.cfg.seed + len(name)), 1
+            batches(self.train_rows, stage.batch_size, num_steps, self.cfg.seed + zlib.crc32(name.encode())), 1
         ):
             metrics = self.train_step(rows, objective, verbalizer)
             self.metrics.log(name, step, metrics)

@@ -78,3 +78,15 @@ def test_tiny_world_rows_are_complete(tiny_world):
     )
     train, evaluation = load_examples(cfg, "train"), load_examples(cfg, "eval")
     assert not {(r.prompt, r.lang) for r in train} & {(r.prompt, r.lang) for r in evaluation}
+
+
+def test_batches_cover_epochs_and_refuse_a_batch_larger_than_the_data():
+    from orchestrator.data import Example
+    from orchestrator.loop import batches
+
+    rows = [Example(str(i), str(i), "en") for i in range(10)]
+    given = list(batches(rows, 4, 5, seed=0))
+    assert len(given) == 5 and all(len(b) == 4 for b in given)
+    assert len({r.prompt for b in given[:2] for r in b}) == 8, "no row repeats within an epoch"
+    with pytest.raises(DataError, match="larger than the 10 training rows"):
+        next(batches(rows, 11, 1, seed=0))
