@@ -54,14 +54,6 @@ class TrainBatch:
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """Metrics of one optimizer step, averaged over ranks by the caller."""
-
-    step: int
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
 class PublishedWeights:
     """Full weights written once by rank 0 (safetensors, HF names), for whoever consumes them."""
 

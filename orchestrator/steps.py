@@ -24,18 +24,17 @@ class PromptSet:
     y: list[list[int]]
     z: list[list[int]]
     p_z: list[list[int]]
-    target_langs: list[str]
 
 
 def build_prompts(rows: list[Example], tokenizer, verbalizer: Verbalizer | None) -> PromptSet:
     x = [encode_prompt(tokenizer, r.prompt) for r in rows]
     y = [encode_response(tokenizer, r.response) for r in rows]
     if verbalizer is None:
-        return PromptSet(x, y, [], [], [])
+        return PromptSet(x, y, [], [])
     verbalized = [verbalizer(r.prompt, r.response, r.lang) for r in rows]
     z = [encode_prompt(tokenizer, v.teacher_prompt) for v in verbalized]
     p_z = [encode_prompt(tokenizer, v.student_prompt) for v in verbalized]
-    return PromptSet(x, y, z, p_z, [v.target_lang for v in verbalized])
+    return PromptSet(x, y, z, p_z)
 
 
 def generation_requests(prompts: PromptSet, objective: ObjectiveConfig) -> list[GenerationRequest]:

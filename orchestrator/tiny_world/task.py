@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.config import LANGUAGES
+
 TEMPLATES = Path(__file__).with_name("task_templates.yaml")
-LANGUAGES = ("en", "id", "vi", "th", "ta", "tl", "ms", "my")
 
 
 @dataclass(frozen=True)
