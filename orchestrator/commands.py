@@ -49,10 +49,10 @@ def train(config_path: Path, overrides: list[str]) -> int:
 
 def evaluate_checkpoint(args) -> int:
     from orchestrator.data import load_examples
-    from orchestrator.evaluate import evaluate, format_table
-    from orchestrator.startup import init_ray, load_tokenizer
+    from orchestrator.evaluate import evaluate_checkpoint as evaluate_model
+    from orchestrator.evaluate import format_table
+    from orchestrator.startup import init_ray
     from rollout.config import RolloutConfig
-    from rollout.group import RolloutGroup
 
     data_path = args.data or str(tiny_world_dir() / "data" / "eval.jsonl")
     data = DataConfig(
@@ -63,13 +63,8 @@ def evaluate_checkpoint(args) -> int:
         lang_column=args.lang_column,
     )
     rows = load_examples(data, "eval")
-    tokenizer = load_tokenizer(args.checkpoint)
     init_ray(RayConfig())
-    group = RolloutGroup(RolloutConfig(num_workers=1), args.checkpoint, seed=0)
-    try:
-        scores = evaluate(group, tokenizer, rows, args.max_new_tokens)
-    finally:
-        group.shutdown()
+    scores = evaluate_model(RolloutConfig(), args.checkpoint, rows, args.max_new_tokens)
     print(format_table({args.checkpoint: scores}, sorted(k for k in scores if k != "avg")))
     return 0
 

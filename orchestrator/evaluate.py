@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from orchestrator.data import Example, final_answer
+from orchestrator.startup import load_tokenizer
 from orchestrator.tokens import encode_prompt
+from rollout.config import RolloutConfig
 from rollout.group import RolloutGroup
 from rollout.types import GenerationRequest
 
@@ -22,6 +24,17 @@ def evaluate(rollout: RolloutGroup, tokenizer, rows: list[Example], max_new_toke
     scores = {lang: 100.0 * sum(v) / len(v) for lang, v in hits.items()}
     scores["avg"] = sum(scores.values()) / len(scores)
     return scores
+
+
+def evaluate_checkpoint(
+    config: RolloutConfig, model_path: str, rows: list[Example], max_new_tokens: int, seed: int = 0
+) -> dict[str, float]:
+    """Greedy eval of any HF checkpoint on a single vLLM worker of its own, released afterwards."""
+    group = RolloutGroup(config, model_path, seed, num_workers=1)
+    try:
+        return evaluate(group, load_tokenizer(model_path), rows, max_new_tokens)
+    finally:
+        group.shutdown()
 
 
 def format_table(results: dict[str, dict[str, float]], languages: list[str]) -> str:

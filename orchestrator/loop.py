@@ -21,7 +21,7 @@ from learner.types import TokenSequences, TrainBatch
 from orchestrator import steps
 from orchestrator.config import RunConfig, StageConfig
 from orchestrator.data import DataError, Example, load_examples
-from orchestrator.evaluate import evaluate, format_table
+from orchestrator.evaluate import evaluate, evaluate_checkpoint, format_table
 from orchestrator.metrics import MetricsLogger
 from orchestrator.startup import check_shared_vocabulary, init_ray, load_tokenizer
 from orchestrator.verbalizer import Verbalizer, VerbalizerTemplates
@@ -240,11 +240,9 @@ class Trainer:
     def evaluate_model(self, model_path: str) -> dict[str, float]:
         """Greedy eval of another checkpoint on a fresh single vLLM worker."""
         self._say(f"evaluating {model_path}")
-        group = RolloutGroup(self.cfg.rollout, model_path, self.cfg.seed, num_workers=1)
-        try:
-            return evaluate(group, load_tokenizer(model_path), self.eval_rows, self.cfg.eval.max_new_tokens)
-        finally:
-            group.shutdown()
+        return evaluate_checkpoint(
+            self.cfg.rollout, model_path, self.eval_rows, self.cfg.eval.max_new_tokens, self.cfg.seed
+        )
 
     def _write_results(self) -> None:
         import json
