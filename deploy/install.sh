@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs DuDi-Dist into a virtual environment from the project's own files.
-#   PYTHON=python3.11 VENV=.venv EXTRAS=cpu,dev bash deploy/install.sh
+#   PYTHON=python3.11 VENV=.venv EXTRAS=cpu,dev,bench bash deploy/install.sh
 # EXTRAS=gpu,dev on a CUDA machine.
 set -euo pipefail
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-cpu,dev}
+EXTRAS=${EXTRAS:-cpu,dev,bench}
 cd "$(dirname "$0")/.."
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -8,15 +8,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ObjectiveConfig(BaseModel):
-    """Which loss terms the learner computes, with the conventions of DESIGN.md."""
+    """The loss as a weighted sum of terms, with the conventions of DESIGN.md:
+
+        L = CE(x, y) [sft | dft]  +  α·SPIN(x, y, y')  +  kd_weight·[(1−λ)·Off-KD(x, y) + λ·On-KD]
+
+    Every method of the paper is a setting of these fields (see orchestrator/presets.py).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["sft", "dudi"] = Field(
-        "dudi", description="sft: cross-entropy on y; dudi: α·SPIN + (1−λ)·Off-KD + λ·On-KD."
+    cross_entropy: Literal["none", "sft", "dft"] = Field(
+        "none", description="Cross-entropy on the ground truth y: sft (w = 1), dft (w = sg(π_θ(y_t))), or none."
     )
     alpha: float = Field(0.1, ge=0.0, description="Weight of the SPIN sequence term (0 switches it off).")
-    lam: float = Field(0.5, ge=0.0, le=1.0, description="λ: On-KD weight; Off-KD gets 1−λ.")
+    kd_weight: float = Field(1.0, ge=0.0, description="Weight of the distillation terms (0 switches both off).")
+    lam: float = Field(0.5, ge=0.0, le=1.0, description="λ: On-KD weight inside the KD term; Off-KD gets 1−λ.")
     divergence: Literal["rkl", "fkl", "jsd"] = Field(
         "rkl", description="rkl = KL(π_θ‖π_T), fkl = KL(π_T‖π_θ), jsd = generalized JSD."
     )
@@ -24,13 +30,41 @@ class ObjectiveConfig(BaseModel):
     kd_temperature: float = Field(1.0, gt=0.0, description="τ dividing student and teacher logits in D.")
     spin_beta: float = Field(0.1, gt=0.0, description="β of SPIN's log-sigmoid margin.")
 
+    @model_validator(mode="after")
+    def _has_a_term(self) -> ObjectiveConfig:
+        if self.cross_entropy == "none" and self.alpha == 0 and self.kd_weight == 0:
+            raise ValueError("the objective has no term: set cross_entropy, alpha > 0 or kd_weight > 0")
+        return self
+
+    @property
+    def uses_off_kd(self) -> bool:
+        return self.kd_weight > 0 and self.lam < 1
+
+    @property
+    def uses_on_kd(self) -> bool:
+        return self.kd_weight > 0 and self.lam > 0
+
     @property
     def uses_teacher(self) -> bool:
-        return self.method == "dudi"
+        return self.kd_weight > 0
 
     @property
     def uses_reference(self) -> bool:
-        return self.method == "dudi" and self.alpha > 0
+        return self.alpha > 0
+
+    @property
+    def needs_rollouts(self) -> bool:
+        """Whether a step samples from the student (so the rollout workers must hold the current weights)."""
+        return self.alpha > 0 or self.uses_on_kd
+
+    @property
+    def terms(self) -> list[str]:
+        """The `loss/*` names this objective logs."""
+        names = [self.cross_entropy] if self.cross_entropy != "none" else []
+        names += ["spin"] if self.alpha > 0 else []
+        names += ["off_kd"] if self.uses_off_kd else []
+        names += ["on_kd"] if self.uses_on_kd else []
+        return names
 
 
 class LearnerConfig(BaseModel):
@@ -52,6 +86,9 @@ class LearnerConfig(BaseModel):
     num_gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPU reservation per rank (1 on a GPU cluster).")
     master_port: int = Field(0, ge=0, le=65535, description="torch.distributed port; 0 picks a free one.")
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Keep an EMA of the weights (θ_ema ← d·θ_ema + (1−d)·θ) for an EMA teacher."
+    )
 
     @model_validator(mode="after")
     def _bf16_needs_gpu(self) -> LearnerConfig:

@@ -33,8 +33,9 @@ class LearnerGroup:
         results = ray.get([r.train_step.remote(batch.shard(i, world)) for i, r in enumerate(self.ranks)])
         return {key: sum(m[key] for m in results) / world for key in results[0]}
 
-    def publish_weights(self, version: int, directory: str) -> PublishedWeights:
-        return ray.get([r.publish_weights.remote(version, directory) for r in self.ranks])[0]
+    def publish_weights(self, version: int, directory: str, ema: bool = False) -> PublishedWeights:
+        """The current weights (or, with `ema`, their moving average) as `{directory}/[ema-]v{version}`."""
+        return ray.get([r.publish_weights.remote(version, directory, ema) for r in self.ranks])[0]
 
     def save_checkpoint(self, directory: str) -> str:
         return ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])[0]

@@ -17,10 +17,45 @@ DivergenceKind = Literal["rkl", "fkl", "jsd"]
 
 
 def _kl_from_logprobs(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
-    """Σ_v p (log p − log q), with 0·log 0 = 0 so −inf logits are safe."""
+    """Σ_v p (log p − log q), with 0·log 0 = 0.
+
+    Entries where p = 0 are cut out before any arithmetic, so −inf log-probs give neither NaN values
+    nor NaN gradients (where q = 0 but p > 0 the divergence is +inf, as it should be).
+    """
     p = p_logprobs.exp()
-    terms = p * (p_logprobs - q_logprobs)
-    return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
+    live = p > 0
+    log_ratio = torch.where(live, p_logprobs, 0.0) - torch.where(live, q_logprobs, 0.0)
+    return (p * log_ratio).sum(-1)
+
+
+def _mixture_logprobs(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor, beta: float) -> torch.Tensor:
+    """log(β·π_T + (1−β)·π_θ), NaN-free in value and gradient where both are −inf."""
+    both_zero = torch.isneginf(teacher_logprobs) & torch.isneginf(student_logprobs)
+    mixed = torch.logaddexp(
+        torch.where(both_zero, 0.0, teacher_logprobs) + math.log(beta),
+        torch.where(both_zero, 0.0, student_logprobs) + math.log(1.0 - beta),
+    )
+    return torch.where(both_zero, -math.inf, mixed)
+
+
+def divergence_from_logprobs(
+    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: DivergenceKind, beta: float = 0.5
+) -> torch.Tensor:
+    """The divergence between two normalized distributions given as log-probs over the same support [..., S]."""
+    if kind == "rkl":
+        return _kl_from_logprobs(student_logprobs, teacher_logprobs)
+    if kind == "fkl":
+        return _kl_from_logprobs(teacher_logprobs, student_logprobs)
+    if kind == "jsd":
+        if beta == 0.0:
+            return _kl_from_logprobs(student_logprobs, student_logprobs)  # M = π_θ: zero, kept differentiable
+        if beta == 1.0:
+            return _kl_from_logprobs(teacher_logprobs, teacher_logprobs)
+        mixture = _mixture_logprobs(teacher_logprobs, student_logprobs, beta)
+        return beta * _kl_from_logprobs(teacher_logprobs, mixture) + (1.0 - beta) * _kl_from_logprobs(
+            student_logprobs, mixture
+        )
+    raise ValueError(f"unknown divergence kind {kind!r}; expected rkl, fkl or jsd")
 
 
 def token_divergence(
@@ -33,22 +68,73 @@ def token_divergence(
     """Per-position divergence [B, T] between logits [B, T, V] (teacher log-probs are valid logits too)."""
     student_logprobs = F.log_softmax(student_logits / temperature, dim=-1)
     teacher_logprobs = F.log_softmax(teacher_logits / temperature, dim=-1)
-    if kind == "rkl":
-        return _kl_from_logprobs(student_logprobs, teacher_logprobs)
-    if kind == "fkl":
-        return _kl_from_logprobs(teacher_logprobs, student_logprobs)
-    if kind == "jsd":
-        if beta == 0.0:
-            return _kl_from_logprobs(student_logprobs, student_logprobs)  # M = π_θ: zero, kept differentiable
-        if beta == 1.0:
-            return _kl_from_logprobs(teacher_logprobs, teacher_logprobs)
-        mixture_logprobs = torch.logsumexp(
-            torch.stack([teacher_logprobs + math.log(beta), student_logprobs + math.log(1.0 - beta)]), dim=0
-        )
-        return beta * _kl_from_logprobs(teacher_logprobs, mixture_logprobs) + (1.0 - beta) * _kl_from_logprobs(
-            student_logprobs, mixture_logprobs
-        )
-    raise ValueError(f"unknown divergence kind {kind!r}; expected rkl, fkl or jsd")
+    return divergence_from_logprobs(student_logprobs, teacher_logprobs, kind, beta)
+
+
+def _first_occurrences(support_ids: torch.Tensor) -> torch.Tensor:
+    """True where an id is ≥ 0 and does not already appear earlier in its row [..., S]."""
+    valid = support_ids >= 0
+    size = support_ids.size(-1)
+    same = support_ids.unsqueeze(-1) == support_ids.unsqueeze(-2)  # [..., S, S]: entry i vs entry j
+    earlier = torch.ones(size, size, dtype=torch.bool, device=support_ids.device).tril(-1)
+    repeated = (same & earlier & valid.unsqueeze(-2)).any(-1)
+    return valid & ~repeated
+
+
+def _logsumexp_outside(logprobs: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """log Σ_{v ∉ inside} exp(logprobs_v) per row; −inf (with zero, not NaN, gradient) when nothing is left."""
+    outside_alive = ~inside & torch.isfinite(logprobs)
+    floor = torch.finfo(logprobs.dtype).min / 4  # finite, so logsumexp's backward never sees (−inf) − (−inf)
+    rest = torch.logsumexp(torch.where(outside_alive, logprobs, floor), dim=-1)
+    return torch.where(outside_alive.any(-1), rest, -math.inf)
+
+
+def sparse_token_divergence(
+    student_logits: torch.Tensor,
+    support_ids: torch.Tensor,
+    teacher_support_logprobs: torch.Tensor,
+    teacher_tail_logprob: torch.Tensor,
+    kind: DivergenceKind,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-position divergence [B, T] from sparse teacher scores, on the support plus one tail bucket.
+
+    `support_ids` [B, T, S]: the ids the teacher scored (its top-k, then the ids the caller asked for);
+    repeats and negative (padding) ids are ignored. `teacher_support_logprobs` [B, T, S] are the teacher's
+    log-probs there and `teacher_tail_logprob` [B, T] the log of its mass on every other id, all computed
+    by the teacher at this `temperature` (only the student's logits are divided here).
+
+    Both distributions are coarsened to (support ids, everything else); the divergence of the coarsened
+    pair equals the full-vocabulary one when the support covers the vocabulary, and is otherwise a lower
+    bound of it (data processing inequality for f-divergences), tight when the tail holds little mass.
+    """
+    student_logprobs = F.log_softmax(student_logits / temperature, dim=-1)
+    vocab = student_logprobs.size(-1)
+    if support_ids.numel() and int(support_ids.max()) >= vocab:
+        raise ValueError(f"sparse teacher ids reach {int(support_ids.max())}; the student's vocabulary has {vocab}")
+    keep = _first_occurrences(support_ids)
+    ids = torch.where(keep, support_ids, vocab)  # dropped entries go to a scratch column
+    padded = F.pad(student_logprobs, (0, 1), value=-math.inf)
+    student_support = torch.gather(padded, -1, ids).masked_fill(~keep, -math.inf)
+    in_support = torch.zeros_like(padded, dtype=torch.bool).scatter_(-1, ids, True)[..., :vocab]
+    student_tail = _logsumexp_outside(student_logprobs, in_support)
+    teacher_support = teacher_support_logprobs.to(student_logprobs.dtype).masked_fill(~keep, -math.inf)
+    student_buckets = torch.cat([student_support, student_tail.unsqueeze(-1)], dim=-1)
+    teacher_buckets = torch.cat([teacher_support, teacher_tail_logprob.to(student_logprobs.dtype).unsqueeze(-1)], -1)
+    return divergence_from_logprobs(student_buckets, teacher_buckets, kind, beta)
+
+
+def sparse_closure_error(
+    support_ids: torch.Tensor, teacher_support_logprobs: torch.Tensor, teacher_tail_logprob: torch.Tensor
+) -> torch.Tensor:
+    """|log(Σ support + tail)| per position: 0 when the sparse teacher scores describe a whole distribution."""
+    keep = _first_occurrences(support_ids)
+    total = torch.logsumexp(
+        torch.cat([teacher_support_logprobs.masked_fill(~keep, -math.inf), teacher_tail_logprob.unsqueeze(-1)], dim=-1),
+        dim=-1,
+    )
+    return total.abs()
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -92,12 +178,20 @@ def dft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> 
     return masked_mean(-logps * logps.detach().exp(), mask)
 
 
+def topk_overlap_with_ids(
+    student_logits: torch.Tensor, teacher_top_ids: torch.Tensor, mask: torch.Tensor, k: int
+) -> torch.Tensor:
+    """The same ratio when only the teacher's top ids (sorted, best first) are known [B, T, ≥k]."""
+    k = min(k, student_logits.size(-1), teacher_top_ids.size(-1))
+    student_top = student_logits.topk(k, dim=-1).indices
+    teacher_top = teacher_top_ids[..., :k].to(student_top.device)
+    hits = (student_top.unsqueeze(-1) == teacher_top.unsqueeze(-2)).any(-1).sum(-1).to(torch.float32) / k
+    return masked_mean(hits, mask)
+
+
 def topk_overlap(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, k: int
 ) -> torch.Tensor:
     """|topk(π_T) ∩ topk(π_θ)| / k averaged over masked positions (paper §7.1)."""
     k = min(k, student_logits.size(-1))
-    student_top = student_logits.topk(k, dim=-1).indices
-    teacher_top = teacher_logits.topk(k, dim=-1).indices
-    hits = (student_top.unsqueeze(-1) == teacher_top.unsqueeze(-2)).any(-1).sum(-1).to(torch.float32) / k
-    return masked_mean(hits, mask)
+    return topk_overlap_with_ids(student_logits, teacher_logits.topk(k, dim=-1).indices, mask, k)

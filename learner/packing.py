@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.types import TokenSequences
+from learner.types import TeacherScores, TokenSequences
 
 
 @dataclass
@@ -55,13 +55,58 @@ def pack(sequences: TokenSequences, pad_id: int) -> PackedSequences:
     return PackedSequences(input_ids, attention_mask, position_ids, labels, response_mask)
 
 
-def pad_teacher_logprobs(rows: list[np.ndarray], longest_response: int) -> torch.Tensor:
-    """Per-sequence [R_i, V] arrays → [B, R, V]; padded rows are zeros and always masked out."""
-    vocab = rows[0].shape[-1]
-    out = torch.zeros((len(rows), longest_response, vocab), dtype=torch.float32)
-    for i, row in enumerate(rows):
-        out[i, : row.shape[0]] = torch.from_numpy(np.asarray(row, dtype=np.float32))
+@dataclass
+class PaddedTeacherScores:
+    """A batch of `TeacherScores` padded to [B, R, ...]; padded positions are masked out by the caller."""
+
+    full: torch.Tensor | None = None  # [B, R, V]
+    support_ids: torch.Tensor | None = None  # [B, R, k + e], −1 = none
+    support_logprobs: torch.Tensor | None = None  # [B, R, k + e]
+    tail_logprob: torch.Tensor | None = None  # [B, R]
+    topk_ids: torch.Tensor | None = None  # [B, R, k], best first
+    temperature: float = 1.0
+
+    def to(self, device) -> PaddedTeacherScores:
+        moved = {
+            name: getattr(self, name).to(device) if getattr(self, name) is not None else None
+            for name in ("full", "support_ids", "support_logprobs", "tail_logprob", "topk_ids")
+        }
+        return PaddedTeacherScores(**moved, temperature=self.temperature)
+
+
+def _stack(arrays: list[np.ndarray], length: int, fill, dtype) -> torch.Tensor:
+    trailing = arrays[0].shape[1:]
+    out = torch.full((len(arrays), length, *trailing), fill, dtype=dtype)
+    for i, array in enumerate(arrays):
+        out[i, : array.shape[0]] = torch.from_numpy(np.array(array)).to(dtype)  # a copy: Ray hands out read-only arrays
     return out
+
+
+def pad_teacher_scores(rows: list[TeacherScores], longest_response: int) -> PaddedTeacherScores:
+    """Per-sequence scores → padded tensors (all rows must share one format and shape)."""
+    if len({r.is_sparse for r in rows}) != 1:
+        raise ValueError("teacher scores in one batch mix the full and the sparse format")
+    temperatures = {r.temperature for r in rows}
+    if len(temperatures) != 1:
+        raise ValueError(f"teacher scores in one batch were computed at different temperatures {temperatures}")
+    for row, name in ((r, n) for r in rows for n in ("full", "topk_ids", "tail_logprob")):
+        values = getattr(row, name)
+        if values is not None and len(values) > longest_response:
+            raise ValueError(f"teacher {name} has {len(values)} positions; the response has {longest_response}")
+    temperature = temperatures.pop()
+    if not rows[0].is_sparse:
+        return PaddedTeacherScores(
+            full=_stack([r.full for r in rows], longest_response, 0.0, torch.float32), temperature=temperature
+        )
+    support_ids = [np.concatenate([r.topk_ids, r.extra_ids], axis=-1) for r in rows]
+    support_logprobs = [np.concatenate([r.topk_logprobs, r.extra_logprobs], axis=-1) for r in rows]
+    return PaddedTeacherScores(
+        support_ids=_stack(support_ids, longest_response, -1, torch.long),
+        support_logprobs=_stack(support_logprobs, longest_response, 0.0, torch.float32),
+        tail_logprob=_stack([r.tail_logprob for r in rows], longest_response, 0.0, torch.float32),
+        topk_ids=_stack([r.topk_ids for r in rows], longest_response, -1, torch.long),
+        temperature=temperature,
+    )
 
 
 def concat(*parts: TokenSequences) -> TokenSequences:

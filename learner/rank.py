@@ -31,6 +31,7 @@ class LearnerRank:
         self.world_size = world_size
         self.engine = None
         self.reference = None
+        self.ema: dict | None = None  # rank 0: full EMA weights (CPU float32) when config.ema_decay is set
         self.objective: ObjectiveConfig = config.objective
         self.pad_id = 0
         self.step = 0
@@ -85,6 +86,9 @@ class LearnerRank:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
         self.pad_id = pad_id
+        if self.config.ema_decay is not None:
+            state = self._full_state_dict()
+            self.ema = {name: t.float() for name, t in state.items()} if self.rank == 0 else None
         return sum(p.numel() for p in model.parameters())
 
     def _deepspeed_config(self) -> dict:
@@ -112,6 +116,8 @@ class LearnerRank:
         self.engine.backward(loss)
         self.engine.step()
         self.step += 1
+        if self.config.ema_decay is not None:
+            self._update_ema(self.config.ema_decay)
         grad_norm = self.engine.get_global_grad_norm()
         metrics["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["train/lr"] = self.engine.get_lr()[0]
@@ -128,14 +134,29 @@ class LearnerRank:
             # named_parameters() lists a tied lm_head once, under the embedding's name, as vLLM expects.
             return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in module.named_parameters()}
 
-    def publish_weights(self, version: int, directory: str) -> PublishedWeights | None:
-        """Writes the full weights as one safetensors file (rank 0) for the rollout workers to read."""
+    def _update_ema(self, decay: float) -> None:
+        import torch
+
+        state = self._full_state_dict()  # collective under ZeRO-3: every rank gathers, rank 0 keeps the EMA
+        if self.rank != 0:
+            return
+        with torch.no_grad():
+            for name, value in state.items():
+                self.ema[name].mul_(decay).add_(value.float(), alpha=1.0 - decay)
+
+    def publish_weights(self, version: int, directory: str, ema: bool = False) -> PublishedWeights | None:
+        """Writes the full weights (or their EMA) as one safetensors file (rank 0) for other components to read."""
         from safetensors.torch import save_file
 
-        state = self._full_state_dict()
+        if ema and self.config.ema_decay is None:
+            raise ValueError("publish_weights(ema=True) needs learner.ema_decay")
+        state = self._full_state_dict() if not ema else None
         if self.rank != 0:
             return None
-        target = Path(directory) / f"v{version}"
+        if ema:
+            dtype = next(iter(self.engine.module.parameters())).dtype
+            state = {name: value.to(dtype).contiguous() for name, value in self.ema.items()}
+        target = Path(directory) / f"{'ema-' if ema else ''}v{version}"
         target.mkdir(parents=True, exist_ok=True)
         save_file(state, str(target / "model.safetensors"), metadata={"format": "pt", "policy_version": str(version)})
         return PublishedWeights(version=version, path=str(target))

@@ -22,21 +22,46 @@ class TokenSequences:
 
 
 @dataclass
+class TeacherScores:
+    """The teacher's log-probs for one response, per response position t (predicting token t).
+
+    Full: `full` float32 [R, V]. Sparse: the teacher's top-k (`topk_ids` int [R, k], `topk_logprobs`), its
+    log-probs at ids the caller chose (`extra_ids` int [R, e], `extra_logprobs`), and `tail_logprob` [R],
+    the log of its mass on every id in neither. `temperature` is the τ the teacher applied.
+    """
+
+    full: np.ndarray | None = None
+    topk_ids: np.ndarray | None = None
+    topk_logprobs: np.ndarray | None = None
+    extra_ids: np.ndarray | None = None
+    extra_logprobs: np.ndarray | None = None
+    tail_logprob: np.ndarray | None = None
+    temperature: float = 1.0
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.full is None
+
+    def __len__(self) -> int:
+        return len(self.full) if self.full is not None else len(self.tail_logprob)
+
+
+@dataclass
 class TrainBatch:
     """One optimizer step's worth of data for the configured objective.
 
     - `chosen`: (x, y), ground truth. SFT target, Off-KD sequence, SPIN's chosen.
     - `rejected`: (x, y'), y' ~ π_θ(·|x). SPIN's rejected.
-    - `on_policy`: (p_z, ỹ), ỹ ~ π_θ(·|p_z). On-KD sequence as the student sees it.
-    - `*_teacher_logprobs[i]`: float32 [len(response_i), V], the teacher's log-probs per response position
-      (for On-KD the teacher saw z instead of p_z, so only the responses line up).
+    - `on_policy`: (p_z, ỹ), ỹ ~ π_θ(·|p_z) (or ŷ ~ π_T(·|x) for SeqKD). On-KD sequence as the student sees it.
+    - `*_teacher[i]`: the teacher's scores of response i (for On-KD the teacher saw z instead of p_z, so
+      only the responses line up).
     """
 
     chosen: TokenSequences
     rejected: TokenSequences | None = None
     on_policy: TokenSequences | None = None
-    chosen_teacher_logprobs: list[np.ndarray] | None = None
-    on_policy_teacher_logprobs: list[np.ndarray] | None = None
+    chosen_teacher: list[TeacherScores] | None = None
+    on_policy_teacher: list[TeacherScores] | None = None
     policy_versions: list[int] = field(default_factory=list)
 
     def shard(self, rank: int, world: int) -> TrainBatch:
@@ -47,8 +72,8 @@ class TrainBatch:
             chosen=self.chosen.shard(rank, world),
             rejected=None if self.rejected is None else self.rejected.shard(rank, world),
             on_policy=None if self.on_policy is None else self.on_policy.shard(rank, world),
-            chosen_teacher_logprobs=pick(self.chosen_teacher_logprobs),
-            on_policy_teacher_logprobs=pick(self.on_policy_teacher_logprobs),
+            chosen_teacher=pick(self.chosen_teacher),
+            on_policy_teacher=pick(self.on_policy_teacher),
             policy_versions=self.policy_versions,
         )
 

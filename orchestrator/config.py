@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learner.config import LearnerConfig, ObjectiveConfig
+from orchestrator.presets import METHODS, apply_preset, deep_merge
 from rollout.config import RolloutConfig
 from teacher_server.config import TeacherConfig
 
@@ -43,6 +44,10 @@ class DataConfig(BaseModel):
     prompt_column: str = "prompt"
     response_column: str = "response"
     lang_column: str = "lang"
+    prompt_en_column: str = Field(
+        "prompt_en", description="English translation of the prompt (COPSD's privileged context)."
+    )
+    response_en_column: str = Field("response_en", description="English reference response (COPSD).")
     languages: list[str] | None = Field(None, description="Keep only these languages (None = all).")
     max_eval_per_language: int | None = Field(None, ge=1)
 
@@ -50,7 +55,10 @@ class DataConfig(BaseModel):
 class VerbalizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["none", "english", "multilingual", "crosslingual", "mix"] = "crosslingual"
+    mode: Literal["none", "english", "multilingual", "crosslingual", "mix", "privileged"] = Field(
+        "crosslingual",
+        description="How z and p_z are built (DESIGN.md); privileged = COPSD: z adds the English problem and answer.",
+    )
     include_english_target: bool = Field(
         True, description="Crosslingual targets = training languages, plus English if set."
     )
@@ -67,6 +75,22 @@ class StageConfig(BaseModel):
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(32, ge=1, description="Global batch (prompts per step), split over learner ranks.")
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
+
+
+class RecipeConfig(BaseModel):
+    """Where the distillation stage's teacher and On-KD sequences come from (set by the method's preset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: Literal["model", "student_start", "ema"] = Field(
+        "model",
+        description="model = models.teacher; student_start = the stage's frozen initial student (COPSD); "
+        "ema = an EMA of the student, pushed by the learner after every step (SDFT).",
+    )
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0, description="θ_ema ← d·θ_ema + (1−d)·θ for teacher=ema.")
+    on_kd_responses: Literal["student", "teacher"] = Field(
+        "student", description="Who writes the On-KD sequences: the student (on-policy) or the teacher (SeqKD)."
+    )
 
 
 class EvalConfig(BaseModel):
@@ -93,11 +117,13 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "dudi"
+    method: Literal[METHODS] = Field("dudi", description="The preset that fills in the objective and recipe.")  # type: ignore[valid-type]
     output_dir: str = "runs/{name}"
     seed: int = 0
     models: ModelsConfig
     data: DataConfig
     verbalizer: VerbalizerConfig = Field(default_factory=VerbalizerConfig)
+    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
     cold_start: StageConfig = Field(default_factory=StageConfig)
     distill: StageConfig = Field(default_factory=StageConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -118,6 +144,19 @@ class RunConfig(BaseModel):
             raise ValueError("eval.max_new_tokens must be smaller than rollout.max_model_len")
         if self.rollout.sampling.max_new_tokens >= self.rollout.max_model_len:
             raise ValueError("rollout.sampling.max_new_tokens must be smaller than rollout.max_model_len")
+        if self.recipe.on_kd_responses == "teacher" and not self.objective.uses_on_kd:
+            raise ValueError("recipe.on_kd_responses=teacher needs On-KD (learner.objective.kd_weight > 0, lam > 0)")
+        if self.recipe.on_kd_responses == "teacher" and self.verbalizer.mode != "none":
+            raise ValueError(
+                "recipe.on_kd_responses=teacher (SeqKD) scores the teacher's own x → ŷ; use verbalizer.mode=none"
+            )
+        if self.recipe.teacher == "ema" and not self.objective.uses_teacher:
+            raise ValueError("recipe.teacher=ema needs a distillation term (learner.objective.kd_weight > 0)")
+        if self.teacher.score_format == "sparse" and self.teacher.student_top_k > self.rollout.max_logprobs:
+            raise ValueError(
+                f"teacher.student_top_k ({self.teacher.student_top_k}) is above rollout.max_logprobs "
+                f"({self.rollout.max_logprobs}), the most ids a vLLM engine ranks"
+            )
         if self.data.languages:
             unknown = sorted(set(self.data.languages) - set(LANGUAGES))
             if unknown:
@@ -182,18 +221,33 @@ def format_validation_error(error: ValidationError) -> str:
     return "invalid run config:\n" + "\n".join(lines)
 
 
+def read_config_file(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; `base: other.yaml` (relative to this file) is read first and overridden by this one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {str(path)!r} is its own base")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{str(path)!r}: base must be a path to another config file")
+    return deep_merge(read_config_file(path.parent / base, (*seen, path.resolve())), loaded)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML, apply `key.sub=value` overrides, expand `{tiny_world}`, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-        raw = loaded
+    """Read YAML (and its `base`), apply `key.sub=value` overrides, fill in the method's preset under both,
+    expand `{tiny_world}`, validate."""
+    raw: dict[str, Any] = read_config_file(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
+    try:
+        raw = apply_preset(raw)
+    except ValueError as error:
+        raise ConfigError(f"  method: {error}") from None
     raw = _expand_placeholders(raw, {"tiny_world": str(tiny_world_dir())})
     try:
         return RunConfig.model_validate(raw)

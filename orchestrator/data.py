@@ -18,6 +18,8 @@ class Example:
     prompt: str
     response: str
     lang: str
+    prompt_en: str | None = None  # English translation (privileged context for COPSD), when the data has it
+    response_en: str | None = None
 
 
 def load_dataset_any(path: str):
@@ -49,9 +51,18 @@ def load_examples(config: DataConfig, split: str) -> list[Example]:
     if missing:
         fields = ", ".join(f"data.{k}_column={v!r}" for k, v in missing.items())
         raise DataError(f"{path!r} has no column for {fields}; its columns are {dataset.column_names}")
+    english = [c if c in dataset.column_names else None for c in (config.prompt_en_column, config.response_en_column)]
+
+    def optional(row, column):
+        return None if column is None or row[column] is None else str(row[column])
+
     rows = [
         Example(
-            prompt=str(row[columns["prompt"]]), response=str(row[columns["response"]]), lang=str(row[columns["lang"]])
+            prompt=str(row[columns["prompt"]]),
+            response=str(row[columns["response"]]),
+            lang=str(row[columns["lang"]]),
+            prompt_en=optional(row, english[0]),
+            response_en=optional(row, english[1]),
         )
         for row in dataset
     ]

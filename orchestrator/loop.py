@@ -17,16 +17,19 @@ from pathlib import Path
 
 from learner.config import ObjectiveConfig
 from learner.group import LearnerGroup
-from learner.types import TokenSequences, TrainBatch
 from orchestrator import steps
 from orchestrator.config import RunConfig, StageConfig
 from orchestrator.data import DataError, Example, load_examples
 from orchestrator.evaluate import evaluate, evaluate_checkpoint, format_table
 from orchestrator.metrics import MetricsLogger
 from orchestrator.startup import check_shared_vocabulary, init_ray, load_tokenizer
+from orchestrator.tokens import encode_prompt
 from orchestrator.verbalizer import Verbalizer, VerbalizerTemplates
 from rollout.group import RolloutGroup
-from rollout.types import WeightSnapshot
+from rollout.types import GenerationRequest, WeightSnapshot
+from teacher_server.types import TeacherWeights
+
+COLD_START_OBJECTIVE = ObjectiveConfig(cross_entropy="sft", alpha=0.0, kd_weight=0.0)
 
 
 @dataclass
@@ -62,7 +65,9 @@ def stage_steps(stage: StageConfig, num_rows: int) -> int:
 class Trainer:
     """State: the run config, tokenizer, data, the live component groups and the policy version."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = True):
+    def __init__(self, cfg: RunConfig, progress: bool = True, rollout: RolloutGroup | None = None):
+        """`rollout`: engines already running on this student (shared across runs, as the benchmarks do);
+        the trainer then neither starts nor stops them, and loads each stage's initial weights into them."""
         self.cfg = cfg
         self.progress = progress
         self.run_dir = cfg.run_dir
@@ -76,21 +81,32 @@ class Trainer:
         self.weights_dir = tempfile.mkdtemp(
             prefix="dudi-weights-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
         )
-        self.rollout: RolloutGroup | None = None
+        self.rollout: RolloutGroup | None = rollout
+        self.owns_rollout = rollout is None
+        self.rollout_weights: str | None = None  # the checkpoint the rollout engines hold (None: unknown)
         self.learner: LearnerGroup | None = None
-        self.teacher = None
+        self.teacher = None  # Serve handle of the teacher app, while one is deployed
+        self.teacher_weights: TeacherWeights | None = None  # the EMA teacher's latest weights
+        self.teacher_responses: dict[str, list[int]] = {}  # SeqKD: prompt → ŷ ~ π_T(·|x)
         self.version = 0  # policy version the rollout workers hold
         self.learner_steps = 0
         self.result = RunResult(self.run_dir)
 
+    @property
+    def uses_teacher_model(self) -> bool:
+        """Whether a separate teacher model (models.teacher) takes part: as the KD teacher, or in the eval table."""
+        return (self.cfg.objective.uses_teacher and self.cfg.recipe.teacher == "model") or self.cfg.eval.compare_teacher
+
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        if cfg.distill.enabled and cfg.objective.uses_teacher:
+        if cfg.distill.enabled and self.uses_teacher_model:
             check_shared_vocabulary(cfg.models.student, cfg.models.teacher)
         init_ray(cfg.ray)
-        self._say(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s) on {cfg.models.student}")
-        self.rollout = RolloutGroup(cfg.rollout, cfg.models.student, cfg.seed, wait=False)
+        if self.owns_rollout:
+            self._say(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s) on {cfg.models.student}")
+            self.rollout = RolloutGroup(cfg.rollout, cfg.models.student, cfg.seed, wait=False)
+            self.rollout_weights = cfg.models.student
         if cfg.eval.compare_teacher:
             # The teacher's engine starts beside the student's (start-up is mostly single-threaded) and is
             # evaluated and released before training begins.
@@ -98,14 +114,11 @@ class Trainer:
         self.rollout.wait_ready()
 
     def close(self) -> None:
-        for group in (self.learner, self.rollout):
+        for group in (self.learner, self.rollout if self.owns_rollout else None):
             if group is not None:
                 group.shutdown()
-        if self.teacher is not None:
-            from ray import serve
-
-            serve.delete(self.cfg.teacher.app_name)
-        self.learner = self.rollout = self.teacher = None
+        self._stop_teacher()
+        self.learner = self.rollout = None
         shutil.rmtree(self.weights_dir, ignore_errors=True)
         self.metrics.close()
 
@@ -114,9 +127,7 @@ class Trainer:
             self.start()
             model_path = self.cfg.models.student
             if self.cfg.cold_start.enabled:
-                model_path = self.run_stage(
-                    "cold_start", self.cfg.cold_start, ObjectiveConfig(method="sft"), model_path
-                )
+                model_path = self.run_stage("cold_start", self.cfg.cold_start, COLD_START_OBJECTIVE, model_path)
             if self.cfg.distill.enabled:
                 self.run_stage("distill", self.cfg.distill, self.cfg.objective, model_path)
             self._write_results()
@@ -127,9 +138,15 @@ class Trainer:
     # --- stages ----------------------------------------------------------------------------------------------
     def run_stage(self, name: str, stage: StageConfig, objective: ObjectiveConfig, init_path: str) -> str:
         started = time.perf_counter()
-        if objective.uses_teacher and self.teacher is None:
-            self.teacher = self._deploy_teacher()
-        learner_cfg = self.cfg.learner.model_copy(update={"objective": objective})
+        recipe = self.cfg.recipe
+        if objective.uses_teacher:
+            self._start_teacher(init_path)
+        if objective.uses_on_kd and recipe.on_kd_responses == "teacher":
+            self._generate_teacher_responses()
+        ema = objective.uses_teacher and recipe.teacher == "ema"
+        learner_cfg = self.cfg.learner.model_copy(
+            update={"objective": objective, "ema_decay": recipe.ema_decay if ema else None}
+        )
         self._say(
             f"[{name}] starting {learner_cfg.num_ranks} DeepSpeed learner rank(s) (ZeRO-{learner_cfg.zero_stage}) on {init_path}"
         )
@@ -141,20 +158,25 @@ class Trainer:
             self.tokenizer.pad_token_id,
             self.cfg.seed,
         )
+        if objective.needs_rollouts and self.rollout_weights != init_path:
+            self.rollout.load_weights(WeightSnapshot(self.version, init_path))
+            self.rollout_weights = init_path
         verbalizer = self._verbalizer() if objective.uses_teacher else None
         num_steps = stage_steps(stage, len(self.train_rows))
         self._train_loop(name, stage, objective, verbalizer, num_steps)
+        self._stop_teacher()
         if self.version != self.learner_steps:
             self.sync_weights()
         checkpoint = str(self.run_dir / name)
         self.learner.save_checkpoint(checkpoint)
+        self.rollout_weights = checkpoint  # the sync above left the engines on exactly these weights
         self.tokenizer.save_pretrained(checkpoint)
         self.learner.shutdown()
         self.learner = None
         self.result.checkpoints[name] = checkpoint
         self.result.stage_seconds[name] = round(time.perf_counter() - started, 1)
         if self.cfg.eval.at_end_of_stages:
-            label = "cold start (SFT)" if name == "cold_start" else f"{objective.method} student"
+            label = "cold start (SFT)" if name == "cold_start" else f"{self.cfg.method} student"
             self.result.accuracy[label] = self._evaluate_rollout()
             self._say(f"[{name}] eval avg exact match: {self.result.accuracy[label]['avg']:.1f}%")
         return checkpoint
@@ -164,7 +186,7 @@ class Trainer:
 
         bar = tqdm(
             total=num_steps,
-            desc=f"[{name}] {objective.method}",
+            desc=f"[{name}] {'sft' if name == 'cold_start' else self.cfg.method}",
             unit="step",
             disable=not self.progress,
             mininterval=1.0,
@@ -179,34 +201,72 @@ class Trainer:
             bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k.startswith("loss/")})
         bar.close()
 
-    # --- one step: generate → score → train → sync -------------------------------------------------------------
+    # --- one step: generate → rank → score → train → sync -----------------------------------------------------
     def train_step(
         self, rows: list[Example], objective: ObjectiveConfig, verbalizer: Verbalizer | None
     ) -> dict[str, float]:
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        prompts = steps.build_prompts(rows, self.tokenizer, verbalizer)
-        if objective.method == "sft":
-            batch = TrainBatch(chosen=TokenSequences(prompts.x, prompts.y))
-            rollout_stats: dict[str, float] = {}
-        else:
-            results = self.rollout.generate(steps.generation_requests(prompts, objective), self.rollout.sampling_spec())
-            rejected, on_policy = steps.split_generations(results, prompts, objective)
-            timings["time/generate_s"] = time.perf_counter() - clock
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            timings[f"time/{name}_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            scores = self.teacher.score_many.remote(steps.score_requests(prompts, on_policy, objective)).result()
-            timings["time/score_s"] = time.perf_counter() - clock
-            batch = steps.assemble_batch(prompts, rejected, on_policy, [s.logprobs for s in scores], objective)
-            rollout_stats = steps.rollout_metrics(rejected, on_policy)
+
+        prompts = steps.build_prompts(rows, self.tokenizer, verbalizer)
+        rejected: list = []
+        generated: list = []
+        rollout_stats: dict[str, float] = {}
+        student_writes = self.cfg.recipe.on_kd_responses == "student"
+        sparse = self.cfg.teacher.score_format == "sparse"
+        requests = steps.generation_requests(prompts, objective, student_writes)
+        if requests:
+            spec = self.rollout.sampling_spec(top_ids=self.cfg.teacher.student_top_k if sparse else 0)
+            rejected, generated = steps.split_generations(self.rollout.generate(requests, spec), prompts, objective)
+            rollout_stats = steps.rollout_metrics(rejected, generated)
+            lap("generate")
+        kd_sets = {}
+        if objective.uses_off_kd:
+            kd_sets["off"] = steps.ground_truth_sequences(prompts)
+        if objective.uses_on_kd:
+            kd_sets["on"] = (
+                steps.on_policy_sequences(prompts, generated)
+                if student_writes
+                else steps.teacher_written_sequences(prompts, [self.teacher_responses[r.prompt] for r in rows])
+            )
+        if sparse and self.cfg.teacher.student_top_k:
+            # Sequences the student did not sample get its top ids from a prefill on the rollout engine.
+            unranked = [s for s in kd_sets.values() if s.student_top_ids is None]
+            if unranked:
+                ranked = self.rollout.rank_ids(
+                    [r for s in unranked for r in s.rank_requests()], self.cfg.teacher.student_top_k
+                )
+                for s in unranked:
+                    s.student_top_ids, ranked = ranked[: len(s.responses)], ranked[len(s.responses) :]
+                lap("rank")
+        scored = {}
+        if kd_sets:
+            score_requests = {
+                k: steps.score_requests(s, self.cfg.teacher, objective.kd_temperature) for k, s in kd_sets.items()
+            }
+            flat = [r for reqs in score_requests.values() for r in reqs]
+            responses = self.teacher.score_many.remote(flat, self.teacher_weights).result()
+            for k, reqs in score_requests.items():
+                scored[k] = (kd_sets[k], steps.teacher_scores(reqs, responses[: len(reqs)]))
+                responses = responses[len(reqs) :]
+            lap("score")
+        batch = steps.assemble_batch(prompts, rejected, scored.get("off"), scored.get("on"))
+        if batch.policy_versions:
             rollout_stats["rollout/staleness"] = self.version - min(batch.policy_versions)
-        clock = time.perf_counter()
         metrics = self.learner.train_step(batch)
         self.learner_steps += 1
-        timings["time/train_s"] = time.perf_counter() - clock
-        if objective.method != "sft":  # on-policy: the next batch must be sampled from these weights
-            clock = time.perf_counter()
+        lap("train")
+        if objective.needs_rollouts:  # on-policy: the next batch must be sampled from these weights
             self.sync_weights()
-            timings["time/sync_s"] = time.perf_counter() - clock
+            lap("sync")
+        if self.learner.config.ema_decay is not None:
+            self._push_ema_teacher()
+            lap("teacher_sync")
         return {**metrics, **rollout_stats, **timings, "policy_version": float(self.version)}
 
     def sync_weights(self) -> None:
@@ -217,17 +277,59 @@ class Trainer:
         previous, self.version = self.version, self.learner_steps
         published = self.learner.publish_weights(self.version, self.weights_dir)
         self.rollout.load_weights(WeightSnapshot(published.version, published.path))
+        self.rollout_weights = None  # the learner's, not a checkpoint's
         shutil.rmtree(Path(self.weights_dir) / f"v{previous}", ignore_errors=True)
         self.result.policy_version = self.version
 
     # --- helpers ---------------------------------------------------------------------------------------------
-    def _deploy_teacher(self):
+    def _start_teacher(self, init_path: str) -> None:
+        """Deploys the stage's teacher: models.teacher, or the stage's initial student (frozen, or its EMA)."""
         from teacher_server.app import deploy
 
+        kind = self.cfg.recipe.teacher
+        model_path = self.cfg.models.teacher if kind == "model" else init_path
         self._say(
-            f"deploying the teacher server (Ray Serve, {self.cfg.teacher.num_replicas} replica(s)) on {self.cfg.models.teacher}"
+            f"deploying the teacher server (Ray Serve, {self.cfg.teacher.num_replicas} replica(s), "
+            f"{self.cfg.teacher.score_format} scores) on {model_path} [{kind}]"
         )
-        return deploy(self.cfg.models.teacher, self.cfg.teacher)
+        self.teacher = deploy(model_path, self.cfg.teacher)
+        self.teacher_weights = None
+
+    def _stop_teacher(self) -> None:
+        if self.teacher is not None:
+            from ray import serve
+
+            serve.delete(self.cfg.teacher.app_name)
+        self.teacher = None
+        if self.teacher_weights is not None:
+            shutil.rmtree(self.teacher_weights.path, ignore_errors=True)
+            self.teacher_weights = None
+
+    def _push_ema_teacher(self) -> None:
+        """The learner writes its EMA; the next scoring call hands the teacher replicas the new version."""
+        previous = self.teacher_weights
+        published = self.learner.publish_weights(self.learner_steps, self.weights_dir, ema=True)
+        self.teacher_weights = TeacherWeights(published.version, published.path)
+        if previous is not None:
+            # A replica reads a version when it next scores; older files are never asked for again.
+            shutil.rmtree(previous.path, ignore_errors=True)
+
+    def _generate_teacher_responses(self) -> None:
+        """SeqKD: one ŷ ~ π_T(·|x) per training prompt, sampled once by a vLLM engine on the teacher."""
+        if self.teacher_responses:
+            return
+        prompts = sorted({r.prompt for r in self.train_rows})
+        self._say(f"generating SeqKD responses with the teacher (vLLM) for {len(prompts)} prompts")
+        engine = RolloutGroup(self.cfg.rollout, self.cfg.models.teacher, self.cfg.seed + 7919, num_workers=1)
+        try:
+            requests = [GenerationRequest(encode_prompt(self.tokenizer, p)) for p in prompts]
+            results = engine.generate(requests, engine.sampling_spec())
+        finally:
+            engine.shutdown()
+        empty = [p for p, r in zip(prompts, results, strict=True) if not r.response_ids]
+        if empty:
+            raise RuntimeError(f"the teacher generated an empty response for {len(empty)} prompts, e.g. {empty[0]!r}")
+        self.teacher_responses = {p: r.response_ids for p, r in zip(prompts, results, strict=True)}
 
     def _verbalizer(self) -> Verbalizer:
         v = self.cfg.verbalizer

@@ -2,7 +2,8 @@
 
 Modes (DESIGN.md): `none` z = p_z = x; `english` the SDFT English template for z, p_z = x; `multilingual`
 template in l, l_z = l; `crosslingual` template in l, l_z uniform over the target set without l;
-`mix` half multilingual, half crosslingual. Templates are data (`verbalizer_templates.yaml`).
+`mix` half multilingual, half crosslingual; `privileged` (COPSD) z = x plus its English translation and English
+reference answer, p_z = x. Templates are data (`verbalizer_templates.yaml`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import yaml
 
 DEFAULT_TEMPLATES = Path(__file__).with_name("verbalizer_templates.yaml")
-MODES = ("none", "english", "multilingual", "crosslingual", "mix")
+MODES = ("none", "english", "multilingual", "crosslingual", "mix", "privileged")
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,16 @@ class LanguageTemplates:
 @dataclass(frozen=True)
 class VerbalizerTemplates:
     sdft_english_teacher: str
+    copsd_teacher: str
     languages: dict[str, LanguageTemplates]
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> VerbalizerTemplates:
         raw = yaml.safe_load(Path(path or DEFAULT_TEMPLATES).read_text())
         languages = {code: LanguageTemplates(**entry) for code, entry in raw["languages"].items()}
-        return cls(sdft_english_teacher=raw["sdft_english_teacher"], languages=languages)
+        return cls(
+            sdft_english_teacher=raw["sdft_english_teacher"], copsd_teacher=raw["copsd_teacher"], languages=languages
+        )
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,24 @@ class Verbalizer:
     def crosslingual_targets(self, lang: str) -> list[str]:
         return [t for t in self.targets if t != lang]
 
-    def __call__(self, prompt: str, response: str, lang: str) -> Verbalized:
+    def __call__(
+        self, prompt: str, response: str, lang: str, prompt_en: str | None = None, response_en: str | None = None
+    ) -> Verbalized:
         mode = self.mode
         if mode == "mix":
             mode = "multilingual" if self.rng.random() < 0.5 else "crosslingual"
         if mode == "none":
             return Verbalized(prompt, prompt, lang)
+        if mode == "privileged":
+            if prompt_en is None or response_en is None:
+                raise ValueError(
+                    "verbalizer.mode=privileged (COPSD) needs the English translation and answer of every row "
+                    "(data.prompt_en_column, data.response_en_column)"
+                )
+            z = self.templates.copsd_teacher.format(
+                question=prompt, question_en=prompt_en, demonstration_en=response_en
+            )
+            return Verbalized(z, prompt, lang)
         if mode == "english":
             z = self.templates.sdft_english_teacher.format(question=prompt, demonstration=response)
             return Verbalized(z, prompt, lang)

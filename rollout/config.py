@@ -30,6 +30,9 @@ class RolloutConfig(BaseModel):
         False,
         description="Skip torch.compile / CUDA graphs: faster engine start, slower generation (tiny or short runs).",
     )
+    max_logprobs: int = Field(
+        64, ge=0, description="Most ids an engine ranks per position (the student's top-k sent to the teacher)."
+    )
     num_cpus_per_worker: float = Field(0.5, ge=0.0)
     num_gpus_per_worker: float = Field(0.0, ge=0.0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

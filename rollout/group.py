@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 
 from rollout.config import RolloutConfig
-from rollout.types import GenerationRequest, GenerationResult, SamplingSpec, WeightSnapshot
+from rollout.types import GenerationRequest, GenerationResult, SamplingSpec, TopIdsRequest, WeightSnapshot
 from rollout.worker import RolloutWorker
 
 
@@ -24,24 +24,33 @@ class RolloutGroup:
         """Blocks until every engine is up; start-up failures surface here, not at the first generate call."""
         ray.get([w.get_policy_version.remote() for w in self.workers])
 
-    def sampling_spec(self, greedy: bool = False, max_new_tokens: int | None = None) -> SamplingSpec:
+    def sampling_spec(self, greedy: bool = False, max_new_tokens: int | None = None, top_ids: int = 0) -> SamplingSpec:
         s = self.config.sampling
         return SamplingSpec(
             temperature=0.0 if greedy else s.temperature,
             top_k=s.top_k,
             top_p=s.top_p,
             max_new_tokens=max_new_tokens or s.max_new_tokens,
+            top_ids=top_ids,
         )
 
-    def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[GenerationResult]:
+    def _fan_out(self, method: str, requests: list, *args) -> list:
         n = len(self.workers)
         shards = [requests[i::n] for i in range(n)]
-        futures = [w.generate.remote(shard, spec) for w, shard in zip(self.workers, shards, strict=True) if shard]
-        outputs = ray.get(futures)
-        results: list[GenerationResult | None] = [None] * len(requests)
-        for i, shard_results in enumerate(outputs):
+        futures = [
+            getattr(w, method).remote(shard, *args) for w, shard in zip(self.workers, shards, strict=True) if shard
+        ]
+        results: list = [None] * len(requests)
+        for i, shard_results in enumerate(ray.get(futures)):
             results[i::n] = shard_results
-        return results  # type: ignore[return-value]
+        return results
+
+    def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[GenerationResult]:
+        return self._fan_out("generate", requests, spec)
+
+    def rank_ids(self, requests: list[TopIdsRequest], n: int) -> list[list[list[int]]]:
+        """Per request, the policy's n most likely ids at each response position."""
+        return self._fan_out("rank_ids", requests, n)
 
     def load_weights(self, snapshot: WeightSnapshot) -> list[int]:
         return ray.get([w.load_weights.remote(snapshot) for w in self.workers])

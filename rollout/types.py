@@ -21,6 +21,7 @@ class SamplingSpec:
     top_p: float
     max_new_tokens: int
     seed: int | None = None
+    top_ids: int = 0  # also return the policy's n most likely ids at every sampled position (0 = none)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,15 @@ class GenerationResult:
     response_logprobs: list[float]
     finished: bool
     policy_version: int
+    top_ids: list[list[int]] | None = None  # per response token: the policy's most likely ids, best first
+
+
+@dataclass(frozen=True)
+class TopIdsRequest:
+    """A given (prompt, response) whose response positions should be ranked by the policy (no sampling)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
 
 
 @dataclass(frozen=True)

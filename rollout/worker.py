@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from rollout.config import RolloutConfig
-from rollout.types import GenerationRequest, GenerationResult, SamplingSpec, WeightSnapshot
+from rollout.types import GenerationRequest, GenerationResult, SamplingSpec, TopIdsRequest, WeightSnapshot
 
 
 class RolloutWorker:
@@ -28,6 +28,7 @@ class RolloutWorker:
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=seed,
             enforce_eager=config.enforce_eager,
+            max_logprobs=config.max_logprobs,
             worker_extension_cls="rollout.weight_receiver.WeightReceiver",
         )
         self.policy_version = policy_version
@@ -40,7 +41,7 @@ class RolloutWorker:
             top_k=spec.top_k if spec.top_k > 0 else 0,
             top_p=spec.top_p,
             max_tokens=spec.max_new_tokens,
-            logprobs=0,  # the sampled token's log-prob only
+            logprobs=spec.top_ids,  # 0: the sampled token's log-prob only
             seed=spec.seed,
         )
         outputs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False)
@@ -48,7 +49,8 @@ class RolloutWorker:
         for request, output in zip(requests, outputs, strict=True):
             completion = output.outputs[0]
             token_ids = list(completion.token_ids)
-            logprobs = [step[token].logprob for step, token in zip(completion.logprobs or [], token_ids, strict=False)]
+            steps = completion.logprobs or []
+            logprobs = [step[token].logprob for step, token in zip(steps, token_ids, strict=False)]
             results.append(
                 GenerationResult(
                     prompt_ids=request.prompt_ids,
@@ -56,9 +58,25 @@ class RolloutWorker:
                     response_logprobs=logprobs,
                     finished=completion.finish_reason == "stop",
                     policy_version=self.policy_version,
+                    top_ids=[_ranked_ids(step, spec.top_ids) for step in steps] if spec.top_ids else None,
                 )
             )
         return results
+
+    def rank_ids(self, requests: list[TopIdsRequest], n: int) -> list[list[list[int]]]:
+        """The policy's n most likely ids at every response position of given sequences (a prefill only)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=n, temperature=0.0)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": r.prompt_ids + r.response_ids} for r in requests], params, use_tqdm=False
+        )
+        ranked = []
+        for request, output in zip(requests, outputs, strict=True):
+            # prompt_logprobs[j] ranks the candidates for token j of prompt + response (entry 0 is None).
+            start = len(request.prompt_ids)
+            ranked.append([_ranked_ids(step, n) for step in output.prompt_logprobs[start:]])
+        return ranked
 
     def load_weights(self, snapshot: WeightSnapshot) -> int:
         self.llm.collective_rpc("receive_weights", kwargs={"weights_path": snapshot.path})
@@ -68,3 +86,9 @@ class RolloutWorker:
 
     def get_policy_version(self) -> int:
         return self.policy_version
+
+
+def _ranked_ids(step: dict, n: int) -> list[int]:
+    """vLLM's per-position {id: Logprob} (the top n plus the chosen token) → the top n ids, best first."""
+    ranked = sorted((entry.rank, token) for token, entry in step.items() if entry.rank is not None and entry.rank <= n)
+    return [token for _, token in ranked]

@@ -1,9 +1,12 @@
 """The Ray Serve application: `TeacherScorer` behind dynamic batching, by handle and over HTTP.
 
-Handle: `handle.score_many.remote([ScoreRequest, ...])` → `[ScoreResponse, ...]` (one call per train batch:
-        Serve's per-request overhead would dominate tiny per-sequence calls);
+Handle: `handle.score_many.remote([ScoreRequest, ...], weights)` → `[ScoreResponse, ...]` (one call per train
+        batch: Serve's per-request overhead would dominate tiny per-sequence calls). `weights`
+        (`TeacherWeights` or None) names the weights the caller wants scored with: a replica still on an older
+        version loads them first, so every replica catches up without a broadcast (EMA teacher);
         `handle.score.remote(ScoreRequest)` → `ScoreResponse`, batched with concurrent callers.
-HTTP:   POST {route_prefix} with JSON {"prompt_ids": [...], "response_ids": [...]} → Arrow IPC stream;
+HTTP:   POST {route_prefix} with JSON {"prompt_ids": [...], "response_ids": [...], "top_k": 64,
+        "extra_ids": [[...], ...], "temperature": 1.0} → Arrow IPC stream (see `teacher_server.wire`);
         a bad request gets 400 with the reason, and the server keeps serving.
 """
 
@@ -15,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from teacher_server.config import TeacherConfig
 from teacher_server.scorer import TeacherScorer
-from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse
+from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse, TeacherWeights
 from teacher_server.wire import ARROW_MEDIA_TYPE, encode_response, parse_request
 
 
@@ -32,13 +35,16 @@ class TeacherDeployment:
             "model_path": self.scorer.model_path,
             "vocab_size": self.scorer.vocab_size,
             "max_seq_len": self.scorer.max_seq_len,
+            "weights_version": self.scorer.weights_version,
         }
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         self.scorer.validate(request)
         return await self._score_batch(request)
 
-    def score_many(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
+    def score_many(self, requests: list[ScoreRequest], weights: TeacherWeights | None = None) -> list[ScoreResponse]:
+        if weights is not None and weights.version != self.scorer.weights_version:
+            self.scorer.load_weights(weights)
         for request in requests:
             self.scorer.validate(request)
         size = self.max_batch_size

@@ -1,16 +1,25 @@
-"""Scores (prompt, response) token sequences with a causal LM: full-vocabulary log-probs per response position.
+"""Scores (prompt, response) token sequences with a causal LM, in the full or the sparse format.
 
 Pure torch + transformers, so the Serve deployment is a thin shell around it and tests can call it directly.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 
-from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse
+from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse, TeacherWeights
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 class TeacherScorer:
+    """State: the model on its device, the vocabulary size, the length limit and the weights version."""
+
     def __init__(
         self, model_path: str, dtype: str = "float32", num_threads: int | None = None, max_seq_len: int = 1024
     ):
@@ -25,23 +34,47 @@ class TeacherScorer:
         self.vocab_size = self.model.config.vocab_size
         self.max_seq_len = min(max_seq_len, getattr(self.model.config, "max_position_embeddings", max_seq_len))
         self.model_path = model_path
+        self.weights_version = 0
+
+    # --- requests --------------------------------------------------------------------------------------------
+    def _check_ids(self, name: str, ids) -> None:
+        if not all(_is_int(t) for t in ids):
+            raise BadScoreRequest(f"{name} must hold integers only")
+        bad = [int(t) for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise BadScoreRequest(f"{name} has ids outside [0, {self.vocab_size}): {bad[:5]}")
 
     def validate(self, request: ScoreRequest) -> None:
-        for field in ("prompt_ids", "response_ids"):
-            ids = getattr(request, field)
+        for name in ("prompt_ids", "response_ids"):
+            ids = getattr(request, name)
             if not isinstance(ids, list) or not ids:
-                raise BadScoreRequest(f"{field} must be a non-empty list of token ids")
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-                raise BadScoreRequest(f"{field} must hold integers only")
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise BadScoreRequest(f"{field} has ids outside [0, {self.vocab_size}): {bad[:5]}")
+                raise BadScoreRequest(f"{name} must be a non-empty list of token ids")
+            self._check_ids(name, ids)
         total = len(request.prompt_ids) + len(request.response_ids)
         if total > self.max_seq_len:
             raise BadScoreRequest(f"prompt + response is {total} tokens; the limit is {self.max_seq_len}")
+        temperature = request.temperature
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 < temperature < math.inf:
+            raise BadScoreRequest(f"temperature must be a positive number, got {temperature!r}")
+        if request.top_k is not None and (not _is_int(request.top_k) or not 1 <= request.top_k <= self.vocab_size):
+            raise BadScoreRequest(f"top_k must be an integer in [1, {self.vocab_size}] or null, got {request.top_k!r}")
+        if request.extra_ids is not None:
+            if request.top_k is None:
+                raise BadScoreRequest("extra_ids only apply to the sparse format (set top_k)")
+            rows = request.extra_ids
+            if not isinstance(rows, list) or len(rows) != len(request.response_ids):
+                raise BadScoreRequest(
+                    f"extra_ids must hold one list per response position ({len(request.response_ids)})"
+                )
+            widths = {len(row) if isinstance(row, list) else -1 for row in rows}
+            if len(widths) != 1 or -1 in widths:
+                raise BadScoreRequest("extra_ids rows must be lists of the same length")
+            for row in rows:
+                self._check_ids("extra_ids", row)
 
+    # --- scoring ---------------------------------------------------------------------------------------------
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
-        """One padded forward over all requests; row t of each result predicts response token t.
+        """One padded forward over all requests; row t of each result scores response token t.
 
         Prompts are left-padded so all responses start at the same column and only the response positions
         go through the LM head (`logits_to_keep`).
@@ -65,8 +98,46 @@ class TeacherScorer:
                 position_ids=position_ids.to(self.device),
                 logits_to_keep=longest_response,
             ).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        return [
-            ScoreResponse(logprobs=logprobs[i, : len(r.response_ids)].astype(np.float32, copy=True))
-            for i, r in enumerate(requests)
-        ]
+            # Per request, so one batch can mix formats, k and temperatures, and peak memory stays one row's.
+            return [self._format(logits[i, : len(r.response_ids)], r) for i, r in enumerate(requests)]
+
+    def _format(self, logits, request: ScoreRequest) -> ScoreResponse:
+        import torch
+
+        logprobs = torch.log_softmax(logits.float() / request.temperature, dim=-1)
+        common = {"temperature": float(request.temperature), "weights_version": self.weights_version}
+        if request.top_k is None:
+            return ScoreResponse(full_logprobs=logprobs.cpu().numpy(), **common)
+        top = logprobs.topk(request.top_k, dim=-1)
+        scored = torch.zeros_like(logprobs, dtype=torch.bool).scatter_(-1, top.indices, True)
+        extra_logprobs = None
+        if request.extra_ids is not None and len(request.extra_ids[0]):
+            extra_ids = torch.tensor(request.extra_ids, dtype=torch.long, device=logprobs.device)
+            extra_logprobs = torch.gather(logprobs, -1, extra_ids).cpu().numpy()
+            scored.scatter_(-1, extra_ids, True)
+        # Summing what is left (not 1 − Σ scored) keeps a tiny tail exact instead of a rounding residue.
+        tail = torch.logsumexp(logprobs.masked_fill(scored, -math.inf), dim=-1)
+        return ScoreResponse(
+            topk_ids=top.indices.to(torch.int32).cpu().numpy(),
+            topk_logprobs=top.values.cpu().numpy(),
+            extra_logprobs=extra_logprobs,
+            tail_logprob=tail.cpu().numpy(),
+            **common,
+        )
+
+    # --- weights ---------------------------------------------------------------------------------------------
+    def load_weights(self, weights: TeacherWeights) -> None:
+        """Replaces the weights in place (an EMA teacher's update); a tied LM head follows its embedding."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(weights.path) / "model.safetensors"))
+        result = self.model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+        if result.unexpected_keys or set(result.missing_keys) - tied:
+            raise ValueError(
+                f"teacher weights at {weights.path} do not fit the model: missing {result.missing_keys[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+        if tied:
+            self.model.tie_weights()
+        self.weights_version = weights.version

@@ -1,8 +1,14 @@
-"""The teacher server's request and response schema (version 1).
+"""The teacher server's request and response schema (version 2).
 
-A response carries, for every response position t, the teacher's log-probabilities over the whole
-vocabulary for the token at t (full format). Over HTTP the tensor travels as an Arrow IPC stream, never
-as JSON floats.
+A request names a (prompt, response) token sequence and the format it wants back:
+
+- sparse (`top_k` set, the default): per response position t, the teacher's top-k ids and log-probs, its
+  log-probs at the caller's `extra_ids[t]` (the student's top-k and the realized token, say), and the log of
+  the mass on every id in neither (−inf when nothing is left);
+- full (`top_k=None`): log-probs over the whole vocabulary, float32 [len(response), V], for a caller on the
+  teacher's node (by handle they travel through Ray's object store, never through JSON).
+
+All log-probs are of softmax(logits / temperature). Over HTTP a response is an Arrow IPC stream.
 """
 
 from __future__ import annotations
@@ -11,21 +17,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
 class ScoreRequest:
     prompt_ids: list[int]
     response_ids: list[int]
+    top_k: int | None = 64
+    extra_ids: list[list[int]] | None = None  # [len(response_ids)][e], same e on every row
+    temperature: float = 1.0
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.top_k is not None
 
 
 @dataclass(frozen=True)
 class ScoreResponse:
-    """`logprobs[t]` is log π_T(· | prompt, response[:t]) over the vocabulary, float32 [len(response), V]."""
+    """Row t scores the token at response position t. Sparse fields are None in the full format and back."""
 
-    logprobs: np.ndarray
+    full_logprobs: np.ndarray | None = None  # float32 [R, V]
+    topk_ids: np.ndarray | None = None  # int32 [R, k], best first
+    topk_logprobs: np.ndarray | None = None  # float32 [R, k]
+    extra_logprobs: np.ndarray | None = None  # float32 [R, e], at the request's extra_ids
+    tail_logprob: np.ndarray | None = None  # float32 [R]
+    temperature: float = 1.0
+    weights_version: int = 0  # which teacher weights scored it (0 = the weights it started with)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_positions(self) -> int:
+        return len(self.full_logprobs) if self.full_logprobs is not None else len(self.tail_logprob)
+
+
+@dataclass(frozen=True)
+class TeacherWeights:
+    """New teacher weights (one safetensors file with HF names, in `path`), e.g. the EMA of the student."""
+
+    version: int
+    path: str
 
 
 class BadScoreRequest(ValueError):

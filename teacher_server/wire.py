@@ -1,4 +1,5 @@
-"""The HTTP wire format: JSON token ids in, an Arrow IPC stream of float32 log-probs out."""
+"""The HTTP wire format: a JSON request (token ids are integers, so JSON is compact enough), an Arrow IPC
+stream back (one row per response position, never JSON floats)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 from teacher_server.types import SCHEMA_VERSION, BadScoreRequest, ScoreRequest, ScoreResponse
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+_REQUEST_FIELDS = {"prompt_ids", "response_ids", "top_k", "extra_ids", "temperature", "schema_version"}
 
 
 def parse_request(body: bytes) -> ScoreRequest:
@@ -25,24 +27,60 @@ def parse_request(body: bytes) -> ScoreRequest:
     missing = [k for k in ("prompt_ids", "response_ids") if k not in payload]
     if missing:
         raise BadScoreRequest(f"missing fields: {missing}")
-    return ScoreRequest(prompt_ids=payload["prompt_ids"], response_ids=payload["response_ids"])
+    unknown = sorted(set(payload) - _REQUEST_FIELDS)
+    if unknown:
+        raise BadScoreRequest(f"unknown fields: {unknown}; expected some of {sorted(_REQUEST_FIELDS)}")
+    return ScoreRequest(
+        prompt_ids=payload["prompt_ids"],
+        response_ids=payload["response_ids"],
+        top_k=payload.get("top_k", 64),
+        extra_ids=payload.get("extra_ids"),
+        temperature=payload.get("temperature", 1.0),
+    )
+
+
+def _rows(array: np.ndarray, dtype) -> pa.Array:
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if array.ndim == 1:
+        return pa.array(array)
+    return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
 
 
 def encode_response(response: ScoreResponse) -> bytes:
-    logprobs = np.ascontiguousarray(response.logprobs, dtype=np.float32)
-    positions, vocab = logprobs.shape
-    column = pa.FixedSizeListArray.from_arrays(pa.array(logprobs.reshape(-1)), vocab)
-    schema = pa.schema([("logprobs", column.type)], metadata={"schema_version": str(response.schema_version)})
+    columns = {
+        "full_logprobs": (response.full_logprobs, np.float32),
+        "topk_ids": (response.topk_ids, np.int32),
+        "topk_logprobs": (response.topk_logprobs, np.float32),
+        "extra_logprobs": (response.extra_logprobs, np.float32),
+        "tail_logprob": (response.tail_logprob, np.float32),
+    }
+    arrays = {name: _rows(values, dtype) for name, (values, dtype) in columns.items() if values is not None}
+    metadata = {
+        "schema_version": str(response.schema_version),
+        "weights_version": str(response.weights_version),
+        "temperature": repr(response.temperature),
+    }
+    schema = pa.schema([(name, array.type) for name, array in arrays.items()], metadata=metadata)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(pa.record_batch([column], schema=schema))
+        writer.write_batch(pa.record_batch(list(arrays.values()), schema=schema))
     return sink.getvalue().to_pybytes()
 
 
 def decode_response(body: bytes) -> ScoreResponse:
     table = pa.ipc.open_stream(body).read_all()
-    column = table.column("logprobs").combine_chunks()
-    vocab = column.type.list_size
-    logprobs = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, vocab)
-    version = int((table.schema.metadata or {}).get(b"schema_version", SCHEMA_VERSION))
-    return ScoreResponse(logprobs=logprobs, schema_version=version)
+    fields = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(column.type):
+            width = column.type.list_size
+            fields[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        else:
+            fields[name] = column.to_numpy(zero_copy_only=False)
+    metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return ScoreResponse(
+        **fields,
+        temperature=float(metadata.get("temperature", 1.0)),
+        weights_version=int(metadata.get("weights_version", 0)),
+        schema_version=int(metadata.get("schema_version", SCHEMA_VERSION)),
+    )

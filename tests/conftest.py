@@ -4,6 +4,7 @@ Ray Serve, DeepSpeed), which share one small tiny world and one Ray instance for
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,55 @@ def ray_session():
 
     serve.shutdown()
     ray.shutdown()
+
+
+COLD_START_STEPS, DISTILL_STEPS = 2, 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> int:
+    """Serve's HTTP proxy starts once per Ray session, so every app in the tests shares this port."""
+    return free_port()
+
+
+def e2e_config(tiny_world: Path, output_dir: Path, serve_port: int, **fields):
+    from orchestrator.config import RunConfig
+    from orchestrator.presets import apply_preset
+
+    raw = {
+        "name": "e2e",
+        "output_dir": str(output_dir / "{name}"),
+        "models": {"student": str(tiny_world / "student"), "teacher": str(tiny_world / "teacher")},
+        "data": {
+            "train_path": str(tiny_world / "data" / "train.jsonl"),
+            "eval_path": str(tiny_world / "data" / "eval.jsonl"),
+        },
+        "cold_start": {"steps": COLD_START_STEPS, "batch_size": 8, "lr": 1e-2},
+        "distill": {"steps": DISTILL_STEPS, "batch_size": 8, "lr": 1e-2},
+        "rollout": {"max_model_len": 384, "enforce_eager": True, "sampling": {"max_new_tokens": 12}},
+        "teacher": {"max_seq_len": 384, "http_port": serve_port, "top_k": 16, "student_top_k": 16},
+        "eval": {"at_end_of_stages": False, "max_new_tokens": 12},
+    }
+    for key, value in fields.items():
+        raw[key] = value
+    return RunConfig.model_validate(apply_preset(raw))
+
+
+@pytest.fixture(scope="session")
+def run(tiny_world, ray_session, serve_port, tmp_path_factory):
+    """One DuDi run (cold start, then distillation) whose trainer and rollout engines later tests reuse."""
+    from orchestrator.loop import COLD_START_OBJECTIVE, Trainer
+
+    cfg = e2e_config(tiny_world, tmp_path_factory.mktemp("runs"), serve_port)
+    trainer = Trainer(cfg, progress=False)
+    trainer.start()
+    cold_start = trainer.run_stage("cold_start", cfg.cold_start, COLD_START_OBJECTIVE, cfg.models.student)
+    trainer.run_stage("distill", cfg.distill, cfg.objective, cold_start)
+    yield trainer
+    trainer.close()

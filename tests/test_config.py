@@ -35,8 +35,8 @@ def test_deploy_manifests_are_valid_yaml(path):
 def test_defaults_follow_the_design_card(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     o = cfg.learner.objective
-    assert (o.method, o.alpha, o.lam, o.divergence, o.kd_temperature, o.spin_beta) == (
-        "dudi",
+    assert cfg.method == "dudi" and o.cross_entropy == "none" and o.kd_weight == 1.0
+    assert (o.alpha, o.lam, o.divergence, o.kd_temperature, o.spin_beta) == (
         0.1,
         0.5,
         "rkl",
@@ -112,3 +112,64 @@ def test_config_import_does_not_load_torch():
     code = "import sys, orchestrator.config, orchestrator.cli; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("sft", {"cross_entropy": "sft", "terms": ["sft"], "mode": "none", "teacher": "model"}),
+        ("dft", {"cross_entropy": "dft", "terms": ["dft"], "mode": "none"}),
+        ("spin", {"terms": ["spin"], "mode": "none"}),
+        ("sdft", {"terms": ["on_kd"], "mode": "english", "teacher": "ema", "divergence": "rkl"}),
+        ("seqkd", {"terms": ["on_kd"], "mode": "none", "responses": "teacher", "divergence": "jsd"}),
+        ("gkd", {"terms": ["off_kd", "on_kd"], "mode": "none", "divergence": "jsd", "lam": 0.5}),
+        ("dudi", {"terms": ["spin", "off_kd", "on_kd"], "mode": "crosslingual", "divergence": "rkl", "alpha": 0.1}),
+        ("copsd", {"terms": ["on_kd"], "mode": "privileged", "teacher": "student_start", "divergence": "fkl"}),
+    ],
+)
+def test_each_preset_is_one_field_away(tmp_path, method, expected):
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"method={method}"])
+    o = cfg.objective
+    actual = {
+        "cross_entropy": o.cross_entropy,
+        "terms": o.terms,
+        "mode": cfg.verbalizer.mode,
+        "teacher": cfg.recipe.teacher,
+        "responses": cfg.recipe.on_kd_responses,
+        "divergence": o.divergence,
+        "lam": o.lam,
+        "alpha": o.alpha,
+    }
+    assert {k: actual[k] for k in expected} == expected
+    # The per-preset config file says the same.
+    assert load_config(ROOT / "configs" / f"{method}.yaml").objective == o
+
+
+def test_explicit_settings_win_over_the_preset_so_ablations_are_one_field(tmp_path):
+    demo = ROOT / "configs" / "demo.yaml"
+    assert load_config(demo, ["learner.objective.alpha=0"]).objective.terms == ["off_kd", "on_kd"]
+    assert load_config(demo, ["learner.objective.lam=1"]).objective.terms == ["spin", "on_kd"]
+    assert load_config(demo, ["learner.objective.lam=0"]).objective.terms == ["spin", "off_kd"]
+    assert load_config(demo, ["verbalizer.mode=none"]).verbalizer.mode == "none"
+    assert not load_config(demo, ["verbalizer.include_english_target=false"]).verbalizer.include_english_target
+    assert load_config(demo, ["method=gkd", "learner.objective.divergence=rkl"]).objective.divergence == "rkl"
+
+
+def test_base_files_are_merged_and_unknown_methods_named(tmp_path):
+    (tmp_path / "base.yaml").write_text(MINIMAL + "distill: {steps: 5, batch_size: 4}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nmethod: sft\ndistill: {steps: 9}\n")
+    cfg = load_config(child)
+    assert (cfg.method, cfg.distill.steps, cfg.distill.batch_size) == ("sft", 9, 4)
+    with pytest.raises(ConfigError, match="method"):
+        load_config(child, ["method=ppo"])
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="its own base"):
+        load_config(tmp_path / "loop.yaml")
+
+
+def test_recipe_rules(tmp_path):
+    with pytest.raises(ConfigError, match="verbalizer.mode=none"):
+        load_config(write(tmp_path, MINIMAL), ["method=seqkd", "verbalizer.mode=english"])
+    with pytest.raises(ConfigError, match="student_top_k"):
+        load_config(write(tmp_path, MINIMAL), ["teacher.student_top_k=100"])

@@ -22,7 +22,12 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path):
     batch = TrainBatch(chosen=TokenSequences(prompts, responses))
     published = {}
     for ranks in (1, 2):
-        config = LearnerConfig(num_ranks=ranks, zero_stage=3, num_threads=1, objective=ObjectiveConfig(method="sft"))
+        config = LearnerConfig(
+            num_ranks=ranks,
+            zero_stage=3,
+            num_threads=1,
+            objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0),
+        )
         group = LearnerGroup(config, str(tiny_world / "student"), None, lr=LR, pad_id=0, seed=0)
         try:
             metrics = group.train_step(batch)

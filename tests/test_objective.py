@@ -9,23 +9,27 @@ from learner import objective
 from learner.config import ObjectiveConfig
 from learner.losses import compute_loss, response_logits
 from learner.packing import pack
-from learner.types import TokenSequences, TrainBatch
+from learner.types import TeacherScores, TokenSequences, TrainBatch
 
 
 def brute_divergence(s_logits, t_logits, kind, beta=0.5, tau=1.0):
-    """Explicit loops over positions and vocabulary, float64."""
+    """Explicit loops over positions and vocabulary, float64, softmax shifted by the row max."""
     B, T, V = s_logits.shape
     out = torch.zeros(B, T, dtype=torch.float64)
+
+    def softmax(row):
+        row = [x / tau for x in row]
+        top = max(row)
+        exps = [math.exp(x - top) if x != -math.inf else 0.0 for x in row]
+        return [e / sum(exps) for e in exps]
+
+    def kl(p, r):
+        return sum(pi * math.log(pi / ri) for pi, ri in zip(p, r, strict=True) if pi > 0)
+
     for b in range(B):
         for t in range(T):
-            s = [math.exp(x) for x in (s_logits[b, t].double() / tau).tolist()]
-            q = [math.exp(x) for x in (t_logits[b, t].double() / tau).tolist()]
-            ps = [x / sum(s) for x in s]
-            pt = [x / sum(q) for x in q]
-
-            def kl(p, r):
-                return sum(pi * math.log(pi / ri) for pi, ri in zip(p, r, strict=True) if pi > 0)
-
+            ps = softmax(s_logits[b, t].double().tolist())
+            pt = softmax(t_logits[b, t].double().tolist())
             if kind == "rkl":
                 out[b, t] = kl(ps, pt)
             elif kind == "fkl":
@@ -36,16 +40,40 @@ def brute_divergence(s_logits, t_logits, kind, beta=0.5, tau=1.0):
     return out
 
 
+def logits_case(case: str, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randn(2, 3, 11, generator=gen, dtype=torch.float64)
+    t = torch.randn(2, 3, 11, generator=gen, dtype=torch.float64) * 3
+    if case == "peaked":
+        t[..., 4] += 40.0  # the teacher is nearly one-hot
+    elif case == "large":
+        s, t = s * 20 + 1e4, t * 20 - 5e3  # exp() would overflow without the max shift
+    elif case == "neg_inf":
+        s[..., :2] = -math.inf  # banned ids: zero probability under both
+        t[..., :2] = -math.inf
+    return s, t
+
+
+CASES = ["random", "peaked", "large", "neg_inf"]
+
+
 @pytest.mark.parametrize("kind", ["rkl", "fkl", "jsd"])
-@pytest.mark.parametrize("tau", [1.0, 2.0])
-def test_divergences_match_brute_force(kind, tau):
-    gen = torch.Generator().manual_seed(0)
-    s, t = (
-        torch.randn(2, 3, 11, generator=gen, dtype=torch.float64),
-        torch.randn(2, 3, 11, generator=gen, dtype=torch.float64) * 3,
-    )
+@pytest.mark.parametrize("tau", [1.0, 2.0, 0.7])
+@pytest.mark.parametrize("case", CASES)
+def test_divergences_match_brute_force(kind, tau, case):
+    s, t = logits_case(case)
     got = objective.token_divergence(s, t, kind, beta=0.3, temperature=tau)
-    torch.testing.assert_close(got, brute_divergence(s, t, kind, beta=0.3, tau=tau))
+    torch.testing.assert_close(got, brute_divergence(s, t, kind, beta=0.3, tau=tau), rtol=1e-9, atol=1e-9)
+
+
+def test_masked_mean_averages_response_tokens_only():
+    s, t = logits_case("random")
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    per_token = objective.token_divergence(s, t, "rkl")
+    brute = brute_divergence(s, t, "rkl")
+    expected = (brute[0, 0] + brute[0, 1] + brute[1, 0]) / 3
+    torch.testing.assert_close(objective.masked_mean(per_token, mask), expected)
+    assert objective.masked_mean(per_token, torch.zeros_like(mask)) == 0
 
 
 def test_divergences_are_zero_for_equal_inputs_and_handle_minus_inf():
@@ -56,11 +84,105 @@ def test_divergences_are_zero_for_equal_inputs_and_handle_minus_inf():
         assert torch.isfinite(d).all() and d.abs().max() < 1e-12
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("kind", ["rkl", "fkl", "jsd"])
+def test_gradcheck_float64(kind):
     s = torch.randn(1, 2, 5, dtype=torch.float64, requires_grad=True)
     t = torch.randn(1, 2, 5, dtype=torch.float64)
-    for kind in ("rkl", "fkl", "jsd"):
-        assert torch.autograd.gradcheck(lambda x, kind=kind: objective.token_divergence(x, t, kind).sum(), (s,))
+    assert torch.autograd.gradcheck(lambda x: objective.token_divergence(x, t, kind, temperature=1.3).sum(), (s,))
+
+
+@pytest.mark.parametrize("kind", ["rkl", "fkl", "jsd"])
+def test_gradients_stay_finite_with_minus_inf_logits(kind):
+    s, t = logits_case("neg_inf")
+    s.requires_grad_(True)
+    objective.token_divergence(s, t, kind).sum().backward()
+    assert torch.isfinite(s.grad).all() and (s.grad[..., :2] == 0).all()
+
+
+# --- sparse teacher scores ------------------------------------------------------------------------------------
+
+
+def sparse_from_full(teacher_logprobs: torch.Tensor, support_ids: torch.Tensor):
+    """What the teacher server sends for `support_ids`: their log-probs and the log of the rest's mass."""
+    picked = torch.gather(teacher_logprobs, -1, support_ids.clamp(min=0))
+    inside = torch.zeros_like(teacher_logprobs, dtype=torch.bool).scatter(-1, support_ids.clamp(min=0), True)
+    tail = torch.logsumexp(teacher_logprobs.masked_fill(inside, -math.inf), -1)
+    return picked, tail
+
+
+@pytest.mark.parametrize("kind", ["rkl", "fkl", "jsd"])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+@pytest.mark.parametrize("case", CASES)
+def test_sparse_equals_full_when_the_support_covers_the_vocabulary(kind, tau, case):
+    s, t = logits_case(case)
+    teacher = torch.log_softmax(t / tau, -1)  # the server applies τ before it picks ids
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.stack([torch.randperm(11, generator=gen) for _ in range(6)]).view(2, 3, 11)
+    # Shuffled ids, repeats and padding (−1) must not change anything.
+    ids = torch.cat([ids, ids[..., :3], torch.full((2, 3, 2), -1)], -1)
+    picked, tail = sparse_from_full(teacher, ids)
+    assert torch.isneginf(tail).all()
+    got = objective.sparse_token_divergence(s, ids, picked, tail, kind, beta=0.3, temperature=tau)
+    torch.testing.assert_close(got, brute_divergence(s, t, kind, beta=0.3, tau=tau), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["rkl", "fkl", "jsd"])
+def test_sparse_is_a_lower_bound_whose_error_shrinks_with_the_support(kind):
+    gen = torch.Generator().manual_seed(2)
+    s = torch.randn(4, 5, 200, generator=gen, dtype=torch.float64) * 2
+    t = torch.randn(4, 5, 200, generator=gen, dtype=torch.float64) * 2
+    teacher = torch.log_softmax(t, -1)
+    exact = objective.token_divergence(s, t, kind)
+    errors = []
+    for k in (4, 16, 64, 199):
+        ids = teacher.topk(k, -1).indices
+        picked, tail = sparse_from_full(teacher, ids)
+        approx = objective.sparse_token_divergence(s, ids, picked, tail, kind)
+        assert (approx <= exact + 1e-12).all()  # data processing inequality
+        errors.append(float(((exact - approx) / exact).mean()))
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
+    # The student's own top ids in the support cut the reverse-KL error (what the rollout sends the teacher).
+    top_t = teacher.topk(16, -1).indices
+    union = torch.cat([top_t, s.topk(16, -1).indices], -1)
+    picked_t, tail_t = sparse_from_full(teacher, top_t)
+    picked_u, tail_u = sparse_from_full(teacher, union)
+    only_teacher = objective.sparse_token_divergence(s, top_t, picked_t, tail_t, kind)
+    with_student = objective.sparse_token_divergence(s, union, picked_u, tail_u, kind)
+    assert (with_student >= only_teacher - 1e-12).all()
+
+
+@pytest.mark.parametrize("kind", ["rkl", "fkl", "jsd"])
+def test_sparse_gradcheck_and_finite_gradients_at_full_cover(kind):
+    s = torch.randn(1, 2, 9, dtype=torch.float64, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(1, 2, 9, dtype=torch.float64), -1)
+    ids = teacher.topk(4, -1).indices
+    picked, tail = sparse_from_full(teacher, ids)
+    assert torch.autograd.gradcheck(
+        lambda x: objective.sparse_token_divergence(x, ids, picked, tail, kind, temperature=1.5).sum(), (s,)
+    )
+    full_ids = torch.arange(9).expand(1, 2, 9)
+    picked, tail = sparse_from_full(teacher, full_ids)
+    objective.sparse_token_divergence(s, full_ids, picked, tail, kind).sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_sparse_rejects_ids_outside_the_vocabulary_and_measures_closure():
+    s = torch.randn(1, 1, 5)
+    with pytest.raises(ValueError, match="vocabulary"):
+        objective.sparse_token_divergence(s, torch.tensor([[[5]]]), torch.zeros(1, 1, 1), torch.zeros(1, 1), "rkl")
+    teacher = torch.log_softmax(torch.randn(1, 1, 5), -1)
+    ids = torch.tensor([[[0, 1]]])
+    picked, tail = sparse_from_full(teacher, ids)
+    assert objective.sparse_closure_error(ids, picked, tail).max() < 1e-6
+    assert objective.sparse_closure_error(ids, picked + 0.1, tail).max() > 1e-2
+
+
+def test_topk_overlap_counts_shared_ids():
+    student = torch.tensor([[[5.0, 4.0, 3.0, 0.0, 0.0]]])
+    teacher = torch.tensor([[[5.0, 0.0, 4.0, 3.0, 0.0]]])
+    mask = torch.tensor([[True]])
+    assert objective.topk_overlap(student, teacher, mask, 2) == pytest.approx(0.5)  # {0,1} vs {0,2}
+    assert objective.topk_overlap_with_ids(student, torch.tensor([[[0, 2, 3]]]), mask, 3) == pytest.approx(2 / 3)
 
 
 def test_spin_limits_and_hand_value():
@@ -128,8 +250,8 @@ def test_dudi_total_combines_the_three_terms():
         chosen=TokenSequences(x, y),
         rejected=TokenSequences(x, y_prime),
         on_policy=TokenSequences(p_z, y_tilde),
-        chosen_teacher_logprobs=teacher_rows(x, y),
-        on_policy_teacher_logprobs=teacher_rows(p_z, y_tilde),
+        chosen_teacher=[TeacherScores(full=r) for r in teacher_rows(x, y)],
+        on_policy_teacher=[TeacherScores(full=r) for r in teacher_rows(p_z, y_tilde)],
     )
     cfg = ObjectiveConfig(alpha=0.3, lam=0.25)
     forward = lambda packed: response_logits(policy, packed)  # noqa: E731
@@ -140,7 +262,7 @@ def test_dudi_total_combines_the_three_terms():
     assert metrics["loss/total"] == pytest.approx(expected, rel=1e-6)
     # Off-KD by hand: mean over all response tokens of KL(π_θ‖π_T).
     per_token = []
-    for p, r, t in zip(x, y, batch.chosen_teacher_logprobs, strict=True):
+    for p, r, t in zip(x, y, (s.full for s in batch.chosen_teacher), strict=True):
         s = policy(torch.tensor([p + r[:-1]])).logits[0, len(p) - 1 :]
         per_token += objective.token_divergence(s[None], torch.from_numpy(t)[None], "rkl")[0].tolist()
     assert metrics["loss/off_kd"] == pytest.approx(sum(per_token) / len(per_token), rel=1e-5)
@@ -154,3 +276,91 @@ def test_missing_inputs_are_reported():
     batch = TrainBatch(chosen=TokenSequences([[1]], [[2]]))
     with pytest.raises(ValueError, match="alpha > 0"):
         compute_loss(cfg, batch, lambda p: None, None, pad_id=0)
+
+
+def test_sft_and_dft_losses_match_hand_computation():
+    logits = torch.randn(2, 3, 6, dtype=torch.float64)
+    labels = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    nll = [-logp[b, t].item() for b in range(2) for t in range(3) if mask[b, t]]
+    assert objective.sft_loss(logits, labels, mask).item() == pytest.approx(sum(nll) / 5)
+    weighted = [-logp[b, t].item() * math.exp(logp[b, t].item()) for b in range(2) for t in range(3) if mask[b, t]]
+    assert objective.dft_loss(logits, labels, mask).item() == pytest.approx(sum(weighted) / 5)
+
+
+def _scored_batch(teacher, x, y, p_z, y_tilde, sparse_k=None):
+    def scores(prompts, responses):
+        rows = []
+        for p, r in zip(prompts, responses, strict=True):
+            logprobs = torch.log_softmax(teacher(torch.tensor([p + r[:-1]])).logits[0, len(p) - 1 :], -1).detach()
+            if sparse_k is None:
+                rows.append(TeacherScores(full=logprobs.numpy()))
+                continue
+            top = logprobs.topk(sparse_k, -1)
+            extra = torch.tensor([[tok] for tok in r])
+            inside = (
+                torch.zeros_like(logprobs, dtype=torch.bool).scatter(-1, top.indices, True).scatter(-1, extra, True)
+            )
+            rows.append(
+                TeacherScores(
+                    topk_ids=top.indices.numpy(),
+                    topk_logprobs=top.values.numpy(),
+                    extra_ids=extra.numpy(),
+                    extra_logprobs=logprobs.gather(-1, extra).numpy(),
+                    tail_logprob=torch.logsumexp(logprobs.masked_fill(inside, -math.inf), -1).numpy(),
+                )
+            )
+        return rows
+
+    return TrainBatch(
+        chosen=TokenSequences(x, y),
+        rejected=TokenSequences(x, [[11], [12, 13]]),
+        on_policy=TokenSequences(p_z, y_tilde),
+        chosen_teacher=scores(x, y),
+        on_policy_teacher=scores(p_z, y_tilde),
+    )
+
+
+def test_compute_loss_with_sparse_scores_covering_the_vocabulary_equals_full():
+    torch.manual_seed(0)
+    policy, reference, teacher = (tiny_qwen2(30) for _ in range(3))
+    args = ([[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]], [[14, 15, 16, 17], [18]], [[19, 20], [21]])
+    forward = lambda packed: response_logits(policy, packed)  # noqa: E731
+    ref_forward = lambda packed: response_logits(reference, packed)  # noqa: E731
+    cfg = ObjectiveConfig(alpha=0.3, lam=0.25)
+    _, full = compute_loss(cfg, _scored_batch(teacher, *args), forward, ref_forward, pad_id=0)
+    _, sparse = compute_loss(cfg, _scored_batch(teacher, *args, sparse_k=30), forward, ref_forward, pad_id=0)
+    _, lossy = compute_loss(cfg, _scored_batch(teacher, *args, sparse_k=3), forward, ref_forward, pad_id=0)
+    for key in ("loss/off_kd", "loss/on_kd", "loss/total"):
+        assert sparse[key] == pytest.approx(full[key], rel=1e-5)
+    assert lossy["loss/off_kd"] < full["loss/off_kd"]
+
+
+@pytest.mark.parametrize(
+    "fields, terms",
+    [
+        ({"cross_entropy": "sft", "alpha": 0, "kd_weight": 0}, {"sft"}),
+        ({"cross_entropy": "dft", "alpha": 0, "kd_weight": 0}, {"dft"}),
+        ({"alpha": 1.0, "kd_weight": 0}, {"spin"}),
+        ({"alpha": 0, "lam": 1.0}, {"on_kd"}),
+        ({"alpha": 0, "lam": 0.0}, {"off_kd"}),
+        ({"alpha": 0.1, "lam": 0.5}, {"spin", "off_kd", "on_kd"}),
+    ],
+)
+def test_each_objective_logs_exactly_its_terms(fields, terms):
+    torch.manual_seed(0)
+    policy, reference, teacher = (tiny_qwen2(30) for _ in range(3))
+    batch = _scored_batch(teacher, [[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]], [[14, 15], [18]], [[19, 20], [21]])
+    cfg = ObjectiveConfig(**fields)
+    assert set(cfg.terms) == terms
+    forward = lambda packed: response_logits(policy, packed)  # noqa: E731
+    loss, metrics = compute_loss(cfg, batch, forward, lambda p: response_logits(reference, p), pad_id=0)
+    assert {k.removeprefix("loss/") for k in metrics if k.startswith("loss/")} == terms | {"total"}
+    loss.backward()
+    assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
+
+
+def test_an_objective_without_terms_is_rejected():
+    with pytest.raises(ValueError, match="no term"):
+        ObjectiveConfig(alpha=0, kd_weight=0)

@@ -90,4 +90,14 @@ def test_unknown_mode_is_rejected(templates):
 
 
 def test_all_modes_are_known():
-    assert set(MODES) == {"none", "english", "multilingual", "crosslingual", "mix"}
+    assert set(MODES) == {"none", "english", "multilingual", "crosslingual", "mix", "privileged"}
+
+
+def test_privileged_mode_gives_the_teacher_the_english_problem_and_answer(templates):
+    verbalizer = Verbalizer("privileged", list(LANGUAGES), templates=templates)
+    out = verbalizer(PROMPT, RESPONSE, "th", "Ali has 2 apples.", "2 + 1 = 3. The answer is 3.")
+    assert out.student_prompt == PROMPT and out.target_lang == "th"
+    assert PROMPT in out.teacher_prompt and "Ali has 2 apples." in out.teacher_prompt
+    assert "The answer is 3." in out.teacher_prompt and RESPONSE not in out.teacher_prompt
+    with pytest.raises(ValueError, match="English translation"):
+        verbalizer(PROMPT, RESPONSE, "th")
