@@ -6,9 +6,9 @@
    student's top-64 and the realized token) on the tiny-world teacher and on a synthetic Qwen2 teacher with
    Qwen2.5's 151,936-token vocabulary and the tiny teacher's depth. Speed is the scorer as a Serve replica
    runs it (forward, formatting, Arrow encoding for HTTP), measured side by side in one process.
-2. Exactness on real on-policy rollouts of the tiny world (crosslingual z / p_z, ỹ sampled by vLLM from the
-   student): the reverse-KL On-KD loss and its gradient over all student parameters from sparse scores,
-   against the same from full-vocabulary scores. The student should be a trained one (the demo's cold start);
+2. Exactness on the demo's sequences of the tiny world, On-KD (crosslingual z / p_z, ỹ sampled by vLLM from the
+   student) and Off-KD (x, y): the reverse-KL loss and its gradient over all student parameters from sparse
+   scores, against the same from full-vocabulary scores. The student should be a trained one (the demo's cold start);
    a random-init student spreads its mass over the whole vocabulary and is not what distillation sees.
 3. Throughput of the Ray Serve app by handle with 1 and 2 replicas (sparse k = 64), many callers at once.
 
@@ -93,15 +93,16 @@ def measure_formats(model_path: str, sequences, batch_size: int, repeats: int) -
     return rows
 
 
-def on_policy_rollouts(student: str, teacher: str, count: int, seed: int):
-    """(z, ỹ, p_z, student top ids) for `count` training rows: the exact On-KD setting of the demo."""
+def kd_sequences(student: str, count: int, seed: int) -> dict[str, list[tuple]]:
+    """The demo's two KD settings on `count` training rows, as (teacher prompt, student prompt, response,
+    student top ids): On-KD (z, p_z, ỹ sampled by vLLM from the student) and Off-KD (x, x, y)."""
     from orchestrator.config import load_config
     from orchestrator.data import load_examples
     from orchestrator.startup import load_tokenizer
     from orchestrator.steps import build_prompts
     from orchestrator.verbalizer import Verbalizer
     from rollout.config import RolloutConfig
-    from rollout.types import GenerationRequest, SamplingSpec
+    from rollout.types import GenerationRequest, SamplingSpec, TopIdsRequest
     from rollout.worker import RolloutWorker
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -110,18 +111,23 @@ def on_policy_rollouts(student: str, teacher: str, count: int, seed: int):
     languages = sorted({r.lang for r in rows})
     prompts = build_prompts(rows, tokenizer, Verbalizer("crosslingual", languages, seed=seed))
     worker = RolloutWorker(RolloutConfig(enforce_eager=True, max_model_len=512), student, seed)
-    spec = SamplingSpec(temperature=0.9, top_k=0, top_p=1.0, max_new_tokens=48, seed=seed, top_ids=STUDENT_TOP_K)
+    spec = SamplingSpec(temperature=0.9, top_k=0, top_p=1.0, max_new_tokens=48, top_ids=STUDENT_TOP_K)
     generated = worker.generate([GenerationRequest(p) for p in prompts.p_z], spec)
+    ranked = worker.rank_ids([TopIdsRequest(x, y) for x, y in zip(prompts.x, prompts.y, strict=True)], STUDENT_TOP_K)
     del worker
-    return [
+    on_kd = [
         (z, p_z, g.response_ids, g.top_ids)
         for z, p_z, g in zip(prompts.z, prompts.p_z, generated, strict=True)
         if g.response_ids
     ]
+    off_kd = list(zip(prompts.x, prompts.x, prompts.y, ranked, strict=True))
+    return {"On-KD (z, ỹ ~ π_θ(·|p_z))": on_kd, "Off-KD (x, y)": off_kd}
 
 
-def rkl_exactness(student: str, teacher: str, rollouts, batch_size: int) -> list[dict]:
-    """Relative error of the RKL loss and of its parameter gradient, sparse vs full, on the same rollouts."""
+def rkl_exactness(student: str, teacher: str, settings: dict[str, list[tuple]], batch_size: int) -> list[dict]:
+    """Relative error of the RKL loss and of its parameter gradient, sparse vs full, on the same sequences."""
+    from dataclasses import replace
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -129,7 +135,7 @@ def rkl_exactness(student: str, teacher: str, rollouts, batch_size: int) -> list
     from learner.losses import kd_divergence, response_logits
     from learner.objective import masked_mean
     from learner.packing import pack, pad_teacher_scores
-    from learner.types import TeacherScores, TokenSequences
+    from learner.types import TokenSequences
     from orchestrator.steps import teacher_scores
     from teacher_server.scorer import TeacherScorer
 
@@ -138,50 +144,53 @@ def rkl_exactness(student: str, teacher: str, rollouts, batch_size: int) -> list
     cfg = ObjectiveConfig(alpha=0.0, lam=1.0, divergence="rkl")
     params = [p for p in model.parameters() if p.requires_grad]
     variants = [("full", None, True)] + [
-        (f"sparse k={k}", k, with_student) for k in KS for with_student in (True, False)
+        (f"k={k}{' + student top ids' if with_student else ''}", k, with_student)
+        for k in KS
+        for with_student in (True, False)
     ]
-    results = {name: {"loss": 0.0, "grad": [torch.zeros_like(p) for p in params]} for name, _, _ in variants}
-    for start in range(0, len(rollouts), batch_size):
-        chunk = rollouts[start : start + batch_size]
-        packed = pack(TokenSequences([p for _, p, _, _ in chunk], [r for _, _, r, _ in chunk]), pad_id=0)
-        weight = len(chunk) / len(rollouts)
-        for name, k, with_student in variants:
-            seqs = [(z, r, ids if with_student else None) for z, _, r, ids in chunk]
-            requests = requests_for(seqs, "full" if k is None else "sparse", k, scorer.vocab_size)
-            if k is not None and not with_student:  # only the realized token is asked for
-                from dataclasses import replace
-
-                requests = [replace(q, extra_ids=[[tok] for tok in q.response_ids]) for q in requests]
-            scores: list[TeacherScores] = teacher_scores(requests, scorer.score(requests))
-            model.zero_grad()
-            logits = response_logits(model, packed)
-            padded = pad_teacher_scores(scores, packed.response_width)
-            loss = masked_mean(kd_divergence(cfg, logits, padded), packed.response_mask)
-            loss.backward()
-            results[name]["loss"] += weight * loss.item()
-            for acc, p in zip(results[name]["grad"], params, strict=True):
-                acc.add_(p.grad, alpha=weight)
-    exact = results["full"]
-    exact_grad = torch.cat([g.flatten() for g in exact["grad"]])
     rows = []
-    for name, k, with_student in variants[1:]:
-        grad = torch.cat([g.flatten() for g in results[name]["grad"]])
-        rows.append(
-            {
-                "format": name,
-                "k": k,
-                "asked_ids": f"student top-{STUDENT_TOP_K} + realized" if with_student else "realized token only",
-                "loss_exact": exact["loss"],
-                "loss_sparse": results[name]["loss"],
-                "loss_rel_error": abs(results[name]["loss"] - exact["loss"]) / exact["loss"],
-                "grad_rel_error": float((grad - exact_grad).norm() / exact_grad.norm()),
-                "grad_cosine": float(torch.nn.functional.cosine_similarity(grad, exact_grad, dim=0)),
-            }
-        )
+    for setting, sequences in settings.items():
+        results = {name: {"loss": 0.0, "grad": [torch.zeros_like(p) for p in params]} for name, _, _ in variants}
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start : start + batch_size]
+            packed = pack(TokenSequences([p for _, p, _, _ in chunk], [r for _, _, r, _ in chunk]), pad_id=0)
+            weight = len(chunk) / len(sequences)
+            for name, k, with_student in variants:
+                seqs = [(t, r, ids if with_student else None) for t, _, r, ids in chunk]
+                requests = requests_for(seqs, "full" if k is None else "sparse", k, scorer.vocab_size)
+                if k is not None and not with_student:  # only the realized token is asked for
+                    requests = [replace(q, extra_ids=[[tok] for tok in q.response_ids]) for q in requests]
+                scores = teacher_scores(requests, scorer.score(requests))
+                model.zero_grad()
+                logits = response_logits(model, packed)
+                padded = pad_teacher_scores(scores, packed.response_width)
+                loss = masked_mean(kd_divergence(cfg, logits, padded), packed.response_mask)
+                loss.backward()
+                results[name]["loss"] += weight * loss.item()
+                for acc, p in zip(results[name]["grad"], params, strict=True):
+                    acc.add_(p.grad, alpha=weight)
+        exact = results["full"]
+        exact_grad = torch.cat([g.flatten() for g in exact["grad"]])
+        for name, k, with_student in variants[1:]:
+            grad = torch.cat([g.flatten() for g in results[name]["grad"]])
+            rows.append(
+                {
+                    "setting": setting,
+                    "k": k,
+                    "asked_ids": f"student top-{STUDENT_TOP_K} + realized" if with_student else "realized only",
+                    "loss_exact": exact["loss"],
+                    "loss_sparse": results[name]["loss"],
+                    "loss_rel_error": abs(results[name]["loss"] - exact["loss"]) / exact["loss"],
+                    "grad_rel_error": float((grad - exact_grad).norm() / exact_grad.norm()),
+                    "grad_cosine": float(
+                        torch.nn.functional.cosine_similarity(grad.double(), exact_grad.double(), dim=0)
+                    ),
+                }
+            )
     return rows
 
 
-def serve_throughput(teacher: str, rollouts, replicas: int, callers: int, batch_size: int) -> dict:
+def serve_throughput(teacher: str, sequences, replicas: int, callers: int, batch_size: int) -> dict:
     import ray
     from ray import serve
 
@@ -198,7 +207,6 @@ def serve_throughput(teacher: str, rollouts, replicas: int, callers: int, batch_
         route_prefix=f"/bench-{replicas}",
     )
     handle = deploy(teacher, config)
-    sequences = [(z, r, ids) for z, _, r, ids in rollouts]
     requests = requests_for(sequences, "sparse", 64, 10**9)
     batches = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
     handle.score_many.remote(batches[0]).result()  # warm-up
@@ -228,14 +236,14 @@ def markdown(report: dict) -> str:
                 f"| {r['format']} | {r['bytes_per_token']:,.0f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / full:.2f}× |"
             )
         lines.append("")
-    lines += ["## Sparse reverse KL against the exact full-vocabulary one (On-KD, real rollouts)", ""]
+    lines += ["## Sparse reverse KL against the exact full-vocabulary one (tiny world, demo sequences)", ""]
     lines += [
-        "| k | ids asked for | loss (exact) | loss (sparse) | loss rel. error | grad rel. error | grad cosine |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| sequences | k | ids asked for | loss (exact) | loss (sparse) | loss rel. error | grad rel. error | grad cosine |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["exactness"]:
         lines.append(
-            f"| {r['k']} | {r['asked_ids']} | {r['loss_exact']:.5f} | {r['loss_sparse']:.5f} | "
+            f"| {r['setting']} | {r['k']} | {r['asked_ids']} | {r['loss_exact']:.5f} | {r['loss_sparse']:.5f} | "
             f"{100 * r['loss_rel_error']:.3f}% | {100 * r['grad_rel_error']:.3f}% | {r['grad_cosine']:.6f} |"
         )
     lines += [
@@ -270,11 +278,12 @@ def main() -> None:
         raise SystemExit(f"no teacher at {args.teacher}: run `dudi tiny-world` first")
     started = time.perf_counter()
     print(f"[1/4] sampling {args.rollouts} on-policy rollouts from {args.student} (vLLM)", flush=True)
-    rollouts = on_policy_rollouts(args.student, args.teacher, args.rollouts, seed=0)
-    tokens = sum(len(r) for _, _, r, _ in rollouts)
-    print(f"      {len(rollouts)} rollouts, {tokens} response tokens", flush=True)
+    settings = kd_sequences(args.student, args.rollouts, seed=0)
+    on_kd = next(iter(settings.values()))
+    tokens = sum(len(r) for _, _, r, _ in on_kd)
+    print(f"      {len(on_kd)} rollouts, {tokens} response tokens", flush=True)
     report = {"formats": {}, "setup": ""}
-    sequences = [(z, r, ids) for z, _, r, ids in rollouts]
+    sequences = [(z, r, ids) for z, _, r, ids in on_kd]
     print("[2/4] wire size and scoring speed per format", flush=True)
     report["formats"]["tiny-world teacher"] = measure_formats(args.teacher, sequences, args.batch_size, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,14 +293,14 @@ def main() -> None:
             big, few, args.batch_size // 2 or 1, args.repeats
         )
     print("[3/4] sparse vs exact reverse KL (loss and gradient)", flush=True)
-    report["exactness"] = rkl_exactness(args.student, args.teacher, rollouts, args.batch_size)
+    report["exactness"] = rkl_exactness(args.student, args.teacher, settings, args.batch_size)
     print("[4/4] Ray Serve throughput with 1 and 2 replicas", flush=True)
     import ray
 
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
         report["serve"] = [
-            serve_throughput(args.teacher, rollouts, r, callers=4, batch_size=args.batch_size) for r in (1, 2)
+            serve_throughput(args.teacher, sequences, r, callers=4, batch_size=args.batch_size) for r in (1, 2)
         ]
     finally:
         from ray import serve
@@ -299,7 +308,7 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
     report["setup"] = (
-        f"{os.cpu_count()} CPU cores, student {args.student}, teacher {args.teacher}, {len(rollouts)} rollouts "
+        f"{os.cpu_count()} CPU cores, student {args.student}, teacher {args.teacher}, {len(on_kd)} rollouts "
         f"({tokens} tokens), batch {args.batch_size}, best of {args.repeats}; wall time {time.perf_counter() - started:.0f} s"
     )
     (out / "teacher_scores.json").write_text(json.dumps(report, indent=2))

@@ -234,26 +234,24 @@ class Trainer:
                 if student_writes
                 else steps.teacher_written_sequences(prompts, [self.teacher_responses[r.prompt] for r in rows])
             )
-        if sparse and self.cfg.teacher.student_top_k:
-            # Sequences the student did not sample get its top ids from a prefill on the rollout engine.
-            unranked = [s for s in kd_sets.values() if s.student_top_ids is None]
-            if unranked:
-                ranked = self.rollout.rank_ids(
-                    [r for s in unranked for r in s.rank_requests()], self.cfg.teacher.student_top_k
-                )
-                for s in unranked:
-                    s.student_top_ids, ranked = ranked[: len(s.responses)], ranked[len(s.responses) :]
-                lap("rank")
-        scored = {}
-        if kd_sets:
-            score_requests = {
-                k: steps.score_requests(s, self.cfg.teacher, objective.kd_temperature) for k, s in kd_sets.items()
-            }
-            flat = [r for reqs in score_requests.values() for r in reqs]
-            responses = self.teacher.score_many.remote(flat, self.teacher_weights).result()
-            for k, reqs in score_requests.items():
-                scored[k] = (kd_sets[k], steps.teacher_scores(reqs, responses[: len(reqs)]))
-                responses = responses[len(reqs) :]
+        # Scoring overlaps ranking: sets that already carry the student's top ids go to the teacher first,
+        # while the rollout engine ranks the others (sequences the student did not sample) with a prefill.
+        needs_rank = sparse and self.cfg.teacher.student_top_k > 0
+        unranked = {k: s for k, s in kd_sets.items() if needs_rank and s.student_top_ids is None}
+        pending = {k: self._score(s, objective) for k, s in kd_sets.items() if k not in unranked}
+        if unranked:
+            ranked = self.rollout.rank_ids(
+                [r for s in unranked.values() for r in s.rank_requests()], self.cfg.teacher.student_top_k
+            )
+            for s in unranked.values():
+                s.student_top_ids, ranked = ranked[: len(s.responses)], ranked[len(s.responses) :]
+            lap("rank")
+            pending.update({k: self._score(s, objective) for k, s in unranked.items()})
+        scored = {
+            k: (kd_sets[k], steps.teacher_scores(requests, future.result()))
+            for k, (requests, future) in pending.items()
+        }
+        if pending:
             lap("score")
         batch = steps.assemble_batch(prompts, rejected, scored.get("off"), scored.get("on"))
         if batch.policy_versions:
@@ -268,6 +266,11 @@ class Trainer:
             self._push_ema_teacher()
             lap("teacher_sync")
         return {**metrics, **rollout_stats, **timings, "policy_version": float(self.version)}
+
+    def _score(self, sequences: steps.KdSequences, objective: ObjectiveConfig):
+        """Sends one KD set to the teacher without waiting: (its requests, the pending response)."""
+        requests = steps.score_requests(sequences, self.cfg.teacher, objective.kd_temperature)
+        return requests, self.teacher.score_many.remote(requests, self.teacher_weights)
 
     def sync_weights(self) -> None:
         """Learner → rollout: rank 0 writes the weights once, every worker reloads them in place.

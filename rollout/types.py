@@ -20,7 +20,7 @@ class SamplingSpec:
     top_k: int
     top_p: float
     max_new_tokens: int
-    seed: int | None = None
+    seed: int | None = None  # per-request seed; GPU only (vLLM 0.32's CPU sampler kills the engine on one)
     top_ids: int = 0  # also return the policy's n most likely ids at every sampled position (0 = none)
 
 

@@ -31,11 +31,16 @@ class RolloutWorker:
             max_logprobs=config.max_logprobs,
             worker_extension_cls="rollout.weight_receiver.WeightReceiver",
         )
+        self.config = config
         self.policy_version = policy_version
 
     def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[GenerationResult]:
         from vllm import SamplingParams
 
+        if spec.seed is not None and self.config.num_gpus_per_worker == 0:
+            raise ValueError(
+                "per-request sampling seeds are GPU-only: vLLM's CPU sampler fails on them (seed the engine)"
+            )
         params = SamplingParams(
             temperature=spec.temperature,
             top_k=spec.top_k if spec.top_k > 0 else 0,
@@ -43,6 +48,7 @@ class RolloutWorker:
             max_tokens=spec.max_new_tokens,
             logprobs=spec.top_ids,  # 0: the sampled token's log-prob only
             seed=spec.seed,
+            detokenize=False,  # callers decode what they need; detokenizing 64 candidates per token costs seconds
         )
         outputs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False)
         results = []
@@ -67,7 +73,7 @@ class RolloutWorker:
         """The policy's n most likely ids at every response position of given sequences (a prefill only)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=n, temperature=0.0)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=n, temperature=0.0, detokenize=False)
         outputs = self.llm.generate(
             [{"prompt_token_ids": r.prompt_ids + r.response_ids} for r in requests], params, use_tqdm=False
         )

@@ -1,4 +1,5 @@
-"""Data parallelism across learner ranks: two ZeRO-3 ranks over gloo take the same step as one rank."""
+"""Data parallelism across learner ranks: two ZeRO-3 ranks over gloo take the same step as one rank, and keep
+the same EMA of the weights."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path):
     responses = [[20 + i, 21 + i] for i in range(4)]
     batch = TrainBatch(chosen=TokenSequences(prompts, responses))
     published = {}
+    ema = {}
     for ranks in (1, 2):
         config = LearnerConfig(
             num_ranks=ranks,
             zero_stage=3,
             num_threads=1,
             objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0),
+            ema_decay=0.75,
         )
         group = LearnerGroup(config, str(tiny_world / "student"), None, lr=LR, pad_id=0, seed=0)
         try:
@@ -34,6 +37,9 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path):
             assert torch.isfinite(torch.tensor(metrics["loss/sft"]))
             published[ranks] = load_file(
                 f"{group.publish_weights(1, str(tmp_path / f'ranks{ranks}')).path}/model.safetensors"
+            )
+            ema[ranks] = load_file(
+                f"{group.publish_weights(1, str(tmp_path / f'ranks{ranks}'), ema=True).path}/model.safetensors"
             )
         finally:
             group.shutdown()
@@ -45,3 +51,7 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path):
     # matrix). A wrong shard or a missing all-reduce moves whole tensors by ~lr = 1e-2.
     for key, value in published[1].items():
         torch.testing.assert_close(published[2][key], value, atol=1e-4, rtol=0, msg=lambda m, key=key: f"{key}: {m}")
+    # The EMA (SDFT's teacher) after one step: 0.75·θ_0 + 0.25·θ_1, gathered the same way under ZeRO-3.
+    for key, value in published[1].items():
+        torch.testing.assert_close(ema[1][key], 0.75 * initial[key] + 0.25 * value, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(ema[2][key], ema[1][key], atol=1e-4, rtol=0)

@@ -78,7 +78,7 @@ def test_a_sparse_request_covering_the_vocabulary_has_no_tail(teacher):
     vocab = model.config.vocab_size
     [scored] = handle.score_many.remote([ScoreRequest([1, 2], [3], top_k=vocab)]).result()
     assert scored.tail_logprob[0] == -math.inf
-    assert abs(float(torch.logsumexp(torch.from_numpy(scored.topk_logprobs[0]), 0))) < 1e-5
+    assert abs(float(torch.logsumexp(torch.tensor(scored.topk_logprobs[0]), 0))) < 1e-5
 
 
 def test_concurrent_callers_each_get_their_own_result(teacher):

@@ -1,0 +1,81 @@
+"""CUDA paths that run without vLLM, Ray or DeepSpeed: the objective and the teacher scorer on a GPU.
+
+Skipped on machines without CUDA (CI has none); run on a GPU box with `pytest -m gpu tests/test_gpu.py`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learner import objective
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("kind", ["rkl", "fkl", "jsd"])
+def test_full_and_sparse_divergences_on_cuda_match_float64_on_cpu(kind):
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 8, 4096, generator=gen, dtype=torch.float64) * 3
+    teacher = torch.log_softmax(torch.randn(2, 8, 4096, generator=gen, dtype=torch.float64) * 3, -1)
+    ids = torch.cat([teacher.topk(64, -1).indices, student.topk(65, -1).indices], -1)
+    picked = teacher.gather(-1, ids)
+    inside = torch.zeros_like(teacher, dtype=torch.bool).scatter(-1, ids, True)
+    tail = torch.logsumexp(teacher.masked_fill(inside, -math.inf), -1)
+    cpu_full = objective.token_divergence(student, teacher, kind, temperature=1.5)
+    cpu_sparse = objective.sparse_token_divergence(student, ids, picked, tail, kind)
+    on_gpu = student.float().cuda().requires_grad_(True)
+    gpu_full = objective.token_divergence(on_gpu, teacher.float().cuda(), kind, temperature=1.5)
+    gpu_sparse = objective.sparse_token_divergence(on_gpu, ids.cuda(), picked.float().cuda(), tail.float().cuda(), kind)
+    torch.testing.assert_close(gpu_full.double().cpu(), cpu_full, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gpu_sparse.double().cpu(), cpu_sparse, rtol=1e-4, atol=1e-5)
+    gpu_sparse.sum().backward()
+    assert torch.isfinite(on_gpu.grad).all()
+
+
+def test_teacher_scorer_on_cuda_matches_a_cpu_forward(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from teacher_server.scorer import TeacherScorer
+    from teacher_server.types import ScoreRequest
+
+    config = Qwen2Config(
+        vocab_size=5000,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    scorer = TeacherScorer(str(tmp_path))
+    assert scorer.device == "cuda"
+    prompt, response = [1, 2, 3, 4], [5, 6, 7]
+    full, sparse = scorer.score(
+        [ScoreRequest(prompt, response, top_k=None), ScoreRequest(prompt, response, top_k=16, extra_ids=[[9]] * 3)]
+    )
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([prompt + response[:-1]])).logits[0, len(prompt) - 1 :], -1)
+    np.testing.assert_allclose(full.full_logprobs, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(sparse.topk_logprobs, expected.topk(16, -1).values.numpy(), atol=1e-4)
+    closure = torch.logsumexp(
+        torch.cat(
+            [
+                torch.from_numpy(sparse.topk_logprobs),
+                torch.from_numpy(sparse.extra_logprobs),
+                torch.from_numpy(sparse.tail_logprob)[:, None],
+            ],
+            -1,
+        ),
+        -1,
+    )
+    assert closure.abs().max() < 1e-4
