@@ -121,7 +121,7 @@ def kd_sequences(student: str, count: int, seed: int) -> dict[str, list[tuple]]:
         if g.response_ids
     ]
     off_kd = list(zip(prompts.x, prompts.x, prompts.y, ranked, strict=True))
-    return {"On-KD (z, ỹ ~ π_θ(·|p_z))": on_kd, "Off-KD (x, y)": off_kd}
+    return {"On-KD (z, ỹ)": on_kd, "Off-KD (x, y)": off_kd}
 
 
 def rkl_exactness(student: str, teacher: str, settings: dict[str, list[tuple]], batch_size: int) -> list[dict]:

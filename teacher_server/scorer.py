@@ -109,14 +109,15 @@ class TeacherScorer:
         if request.top_k is None:
             return ScoreResponse(full_logprobs=logprobs.cpu().numpy(), **common)
         top = logprobs.topk(request.top_k, dim=-1)
-        scored = torch.zeros_like(logprobs, dtype=torch.bool).scatter_(-1, top.indices, True)
+        rest = logprobs.scatter(-1, top.indices, -math.inf)  # one [R, V] copy with the scored ids knocked out
         extra_logprobs = None
         if request.extra_ids is not None and len(request.extra_ids[0]):
             extra_ids = torch.tensor(request.extra_ids, dtype=torch.long, device=logprobs.device)
             extra_logprobs = torch.gather(logprobs, -1, extra_ids).cpu().numpy()
-            scored.scatter_(-1, extra_ids, True)
-        # Summing what is left (not 1 − Σ scored) keeps a tiny tail exact instead of a rounding residue.
-        tail = torch.logsumexp(logprobs.masked_fill(scored, -math.inf), dim=-1)
+            rest.scatter_(-1, extra_ids, -math.inf)
+        # Summing what is left (not 1 − Σ scored) keeps a tiny tail exact instead of a rounding residue, and
+        # gives exactly −inf when the scored ids cover the vocabulary.
+        tail = torch.logsumexp(rest, dim=-1)
         return ScoreResponse(
             topk_ids=top.indices.to(torch.int32).cpu().numpy(),
             topk_logprobs=top.values.cpu().numpy(),
