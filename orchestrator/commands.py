@@ -78,7 +78,9 @@ def serve_teacher(config_path: Path, overrides: list[str]) -> int:
     deploy(cfg.models.teacher, cfg.teacher)
     t = cfg.teacher
     print(
-        f"teacher {cfg.models.teacher} serving on http://{t.http_host}:{t.http_port}{t.route_prefix} (Ctrl-C stops it)"
+        f"teacher {cfg.models.teacher} serving on http://{t.http_host}:{t.http_port}{t.route_prefix} (Ctrl-C stops it)\n"
+        'POST JSON {"prompt_ids": [...], "response_ids": [...], "top_k": 64, "extra_ids": [[...], ...], '
+        '"temperature": 1.0} (top_k null = full rows) → Arrow IPC; decode with teacher_server.wire.decode_response'
     )
     try:
         while True:
