@@ -43,21 +43,16 @@ def synthetic_teacher(directory: Path, like: str) -> str:
     return str(directory)
 
 
-def requests_for(sequences, fmt, k, vocab, temperature=1.0):
-    from teacher_server.types import ScoreRequest
+def requests_for(sequences, k: int | None, student_top_k: int = STUDENT_TOP_K):
+    """The orchestrator's own score requests for (teacher prompt, response, student top ids) triples:
+    full rows when k is None, else the teacher's top-k plus the student's top ids and the realized token."""
+    from orchestrator.steps import KdSequences, score_requests
+    from teacher_server.config import TeacherConfig
 
-    out = []
-    for prompt, response, top_ids in sequences:
-        if fmt == "full":
-            out.append(ScoreRequest(prompt, response, top_k=None, temperature=temperature))
-            continue
-        extra = [
-            ((top_ids[t] if top_ids else [])[:STUDENT_TOP_K] + [tok] * (STUDENT_TOP_K + 1))[: STUDENT_TOP_K + 1]
-            for t, tok in enumerate(response)
-        ]
-        extra = [[i % vocab for i in row] for row in extra]
-        out.append(ScoreRequest(prompt, response, top_k=k, extra_ids=extra, temperature=temperature))
-    return out
+    prompts = [prompt for prompt, _, _ in sequences]
+    kd = KdSequences(prompts, prompts, [r for _, r, _ in sequences], [ids for _, _, ids in sequences])
+    config = TeacherConfig(score_format="full" if k is None else "sparse", top_k=k or 1, student_top_k=student_top_k)
+    return score_requests(kd, config, temperature=1.0)
 
 
 def measure_formats(model_path: str, sequences, batch_size: int, repeats: int) -> list[dict]:
@@ -72,7 +67,7 @@ def measure_formats(model_path: str, sequences, batch_size: int, repeats: int) -
     timings = {f: [] for f in formats}
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits every format alike
         for fmt in formats:
-            requests = requests_for(sequences, fmt[0], fmt[1], scorer.vocab_size)
+            requests = requests_for(sequences, fmt[1])
             started = time.perf_counter()
             wire_bytes = 0
             for i in range(0, len(requests), batch_size):
@@ -126,8 +121,6 @@ def kd_sequences(student: str, count: int, seed: int) -> dict[str, list[tuple]]:
 
 def rkl_exactness(student: str, teacher: str, settings: dict[str, list[tuple]], batch_size: int) -> list[dict]:
     """Relative error of the RKL loss and of its parameter gradient, sparse vs full, on the same sequences."""
-    from dataclasses import replace
-
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -156,10 +149,9 @@ def rkl_exactness(student: str, teacher: str, settings: dict[str, list[tuple]], 
             packed = pack(TokenSequences([p for _, p, _, _ in chunk], [r for _, _, r, _ in chunk]), pad_id=0)
             weight = len(chunk) / len(sequences)
             for name, k, with_student in variants:
-                seqs = [(t, r, ids if with_student else None) for t, _, r, ids in chunk]
-                requests = requests_for(seqs, "full" if k is None else "sparse", k, scorer.vocab_size)
-                if k is not None and not with_student:  # only the realized token is asked for
-                    requests = [replace(q, extra_ids=[[tok] for tok in q.response_ids]) for q in requests]
+                seqs = [(t, r, ids) for t, _, r, ids in chunk]
+                # Without the student's ids only the realized token is asked for.
+                requests = requests_for(seqs, k, STUDENT_TOP_K if with_student else 0)
                 scores = teacher_scores(requests, scorer.score(requests))
                 model.zero_grad()
                 logits = response_logits(model, packed)
@@ -207,7 +199,7 @@ def serve_throughput(teacher: str, sequences, replicas: int, callers: int, batch
         route_prefix=f"/bench-{replicas}",
     )
     handle = deploy(teacher, config)
-    requests = requests_for(sequences, "sparse", 64, 10**9)
+    requests = requests_for(sequences, 64)
     batches = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
     handle.score_many.remote(batches[0]).result()  # warm-up
     tokens = sum(len(q.response_ids) for q in requests) * callers

@@ -42,9 +42,6 @@ class TeacherScores:
     def is_sparse(self) -> bool:
         return self.full is None
 
-    def __len__(self) -> int:
-        return len(self.full) if self.full is not None else len(self.tail_logprob)
-
 
 @dataclass
 class TrainBatch:

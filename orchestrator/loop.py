@@ -219,10 +219,10 @@ class Trainer:
         rollout_stats: dict[str, float] = {}
         student_writes = self.cfg.recipe.on_kd_responses == "student"
         sparse = self.cfg.teacher.score_format == "sparse"
-        requests = steps.generation_requests(prompts, objective, student_writes)
-        if requests:
+        to_generate = steps.generation_requests(prompts, objective, student_writes)
+        if to_generate:
             spec = self.rollout.sampling_spec(top_ids=self.cfg.teacher.student_top_k if sparse else 0)
-            rejected, generated = steps.split_generations(self.rollout.generate(requests, spec), prompts, objective)
+            rejected, generated = steps.split_generations(self.rollout.generate(to_generate, spec), prompts, objective)
             rollout_stats = steps.rollout_metrics(rejected, generated)
             lap("generate")
         kd_sets = {}
@@ -234,8 +234,27 @@ class Trainer:
                 if student_writes
                 else steps.teacher_written_sequences(prompts, [self.teacher_responses[r.prompt] for r in rows])
             )
-        # Scoring overlaps ranking: sets that already carry the student's top ids go to the teacher first,
-        # while the rollout engine ranks the others (sequences the student did not sample) with a prefill.
+        scored = self._rank_and_score(kd_sets, objective, sparse, lap)
+        batch = steps.assemble_batch(prompts, rejected, scored.get("off"), scored.get("on"))
+        if batch.policy_versions:
+            rollout_stats["rollout/staleness"] = self.version - min(batch.policy_versions)
+        metrics = self.learner.train_step(batch)
+        self.learner_steps += 1
+        lap("train")
+        if objective.needs_rollouts:  # on-policy: the next batch must be sampled from these weights
+            self.sync_weights()
+            lap("sync")
+        if self.learner.config.ema_decay is not None:
+            self._push_ema_teacher()
+            lap("teacher_sync")
+        return {**metrics, **rollout_stats, **timings, "policy_version": float(self.version)}
+
+    def _rank_and_score(self, kd_sets: dict, objective: ObjectiveConfig, sparse: bool, lap) -> dict:
+        """Teacher scores for each KD set: {name: (sequences, [TeacherScores])}.
+
+        Scoring overlaps ranking: sets that already carry the student's top ids go to the teacher first, while
+        the rollout engine ranks the others (sequences the student did not sample) with a prefill.
+        """
         needs_rank = sparse and self.cfg.teacher.student_top_k > 0
         unranked = {k: s for k, s in kd_sets.items() if needs_rank and s.student_top_ids is None}
         pending = {k: self._score(s, objective) for k, s in kd_sets.items() if k not in unranked}
@@ -253,19 +272,7 @@ class Trainer:
         }
         if pending:
             lap("score")
-        batch = steps.assemble_batch(prompts, rejected, scored.get("off"), scored.get("on"))
-        if batch.policy_versions:
-            rollout_stats["rollout/staleness"] = self.version - min(batch.policy_versions)
-        metrics = self.learner.train_step(batch)
-        self.learner_steps += 1
-        lap("train")
-        if objective.needs_rollouts:  # on-policy: the next batch must be sampled from these weights
-            self.sync_weights()
-            lap("sync")
-        if self.learner.config.ema_decay is not None:
-            self._push_ema_teacher()
-            lap("teacher_sync")
-        return {**metrics, **rollout_stats, **timings, "policy_version": float(self.version)}
+        return scored
 
     def _score(self, sequences: steps.KdSequences, objective: ObjectiveConfig):
         """Sends one KD set to the teacher without waiting: (its requests, the pending response)."""

@@ -3,6 +3,7 @@ stream back (one row per response position, never JSON floats)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ import pyarrow as pa
 from teacher_server.types import SCHEMA_VERSION, BadScoreRequest, ScoreRequest, ScoreResponse
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
-_REQUEST_FIELDS = {"prompt_ids", "response_ids", "top_k", "extra_ids", "temperature", "schema_version"}
+# The request's JSON keys are ScoreRequest's fields (its defaults apply to the ones left out), plus the version.
+_REQUEST_FIELDS = {f.name for f in dataclasses.fields(ScoreRequest)} | {"schema_version"}
 
 
 def parse_request(body: bytes) -> ScoreRequest:
@@ -30,13 +32,7 @@ def parse_request(body: bytes) -> ScoreRequest:
     unknown = sorted(set(payload) - _REQUEST_FIELDS)
     if unknown:
         raise BadScoreRequest(f"unknown fields: {unknown}; expected some of {sorted(_REQUEST_FIELDS)}")
-    return ScoreRequest(
-        prompt_ids=payload["prompt_ids"],
-        response_ids=payload["response_ids"],
-        top_k=payload.get("top_k", 64),
-        extra_ids=payload.get("extra_ids"),
-        temperature=payload.get("temperature", 1.0),
-    )
+    return ScoreRequest(**{key: value for key, value in payload.items() if key != "schema_version"})
 
 
 def _rows(array: np.ndarray, dtype) -> pa.Array:
