@@ -84,11 +84,15 @@ class LearnerConfig(BaseModel):
     num_threads: int = Field(2, ge=1, description="torch intra-op threads per rank (CPU).")
     num_cpus_per_rank: float = Field(0.5, ge=0.0, description="Ray CPU reservation per rank.")
     num_gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPU reservation per rank (1 on a GPU cluster).")
-    master_port: int = Field(0, ge=0, le=65535, description="torch.distributed port; 0 picks a free one.")
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
-    ema_decay: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Keep an EMA of the weights (θ_ema ← d·θ_ema + (1−d)·θ) for an EMA teacher."
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per rank, e.g. {learner: 1} to run only on nodes that advertise them.",
     )
+    master_port: int = Field(0, ge=0, le=65535, description="torch.distributed port; 0 picks a free one.")
+    publish_bucket_mib: int = Field(
+        64, ge=1, description="Weights leave the learner in buckets of this size (gathered one at a time under ZeRO-3)."
+    )
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
 
     @model_validator(mode="after")
     def _bf16_needs_gpu(self) -> LearnerConfig:

@@ -6,7 +6,7 @@ import ray
 
 from learner.config import LearnerConfig
 from learner.rank import LearnerRank
-from learner.types import PublishedWeights, TrainBatch
+from learner.types import PublishedWeights, TensorSpec, TrainBatch
 
 
 class LearnerGroup:
@@ -18,10 +18,22 @@ class LearnerGroup:
         lr: float,
         pad_id: int,
         seed: int,
+        ema_decay: float | None = None,
+        actor_options: list[dict] | None = None,
     ):
+        """`ema_decay`: keep an EMA of the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra
+        Ray actor options (a placement group bundle, a label selector)."""
         self.config = config
-        actor_cls = ray.remote(num_cpus=config.num_cpus_per_rank, num_gpus=config.num_gpus_per_rank)(LearnerRank)
-        self.ranks = [actor_cls.remote(config, rank, config.num_ranks) for rank in range(config.num_ranks)]
+        self.ema_decay = ema_decay
+        actor_cls = ray.remote(LearnerRank)
+        base_options = dict(
+            num_cpus=config.num_cpus_per_rank, num_gpus=config.num_gpus_per_rank, resources=config.resources
+        )
+        options = actor_options or [{}] * config.num_ranks
+        self.ranks = [
+            actor_cls.options(**base_options, **options[rank]).remote(config, rank, config.num_ranks, ema_decay)
+            for rank in range(config.num_ranks)
+        ]
         master = ray.get(self.ranks[0].address.remote())
         sizes = ray.get(
             [r.init_engine.remote(model_path, reference_path, master, lr, pad_id, seed) for r in self.ranks]
@@ -33,9 +45,34 @@ class LearnerGroup:
         results = ray.get([r.train_step.remote(batch.shard(i, world)) for i, r in enumerate(self.ranks)])
         return {key: sum(m[key] for m in results) / world for key in results[0]}
 
-    def publish_weights(self, version: int, directory: str, ema: bool = False) -> PublishedWeights:
-        """The current weights (or, with `ema`, their moving average) as `{directory}/[ema-]v{version}`."""
-        return ray.get([r.publish_weights.remote(version, directory, ema) for r in self.ranks])[0]
+    def publish_weights(self, version: int, directory: str) -> PublishedWeights:
+        """The current weights as safetensors files in `{directory}/v{version}` on rank 0's node."""
+        return ray.get([r.publish_weights.remote(version, directory) for r in self.ranks])[0]
+
+    def ema_state(self):
+        """A Ray object ref to the EMA of the weights ({HF name: tensor}), readable from any node."""
+        if self.ema_decay is None:
+            raise ValueError("ema_state() needs an ema_decay")
+        return self.ranks[0].ema_state.remote()
+
+    # --- the weight group: rank 0 → consumer processes on any node ---------------------------------------------
+    def weight_group_plan(self) -> tuple[str, int, list[list[TensorSpec]]]:
+        """(host, port) where rank 0 will listen, and the buckets every broadcast sends."""
+        return ray.get(self.ranks[0].weight_group_plan.remote())
+
+    def open_weight_group(self, host: str, port: int, world_size: int) -> list:
+        """Rank 0 opens the group; returns the pending calls, which finish once every consumer has joined."""
+        return [r.open_weight_group.remote(host, port, world_size) for r in self.ranks]
+
+    def broadcast_weights(self, version: int) -> PublishedWeights:
+        """Posts the current weights to the weight group; returns once rank 0 has copied them out."""
+        return ray.get([r.broadcast_weights.remote(version) for r in self.ranks])[0]
+
+    def weights_digest(self) -> dict[str, str]:
+        return ray.get([r.weights_digest.remote() for r in self.ranks])[0]
+
+    def node_id(self) -> str:
+        return ray.get(self.ranks[0].node_id.remote())
 
     def save_checkpoint(self, directory: str) -> str:
         return ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])[0]

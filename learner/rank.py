@@ -25,17 +25,20 @@ def free_port() -> int:
 class LearnerRank:
     """State: the DeepSpeed engine, the reference model (or None), the step counter."""
 
-    def __init__(self, config: LearnerConfig, rank: int, world_size: int):
+    def __init__(self, config: LearnerConfig, rank: int, world_size: int, ema_decay: float | None = None):
         self.config = config
+        self.ema_decay = ema_decay
         self.rank = rank
         self.world_size = world_size
         self.engine = None
         self.reference = None
-        self.ema: dict | None = None  # rank 0: full EMA weights (CPU float32) when config.ema_decay is set
+        self.ema: dict | None = None  # rank 0: full EMA weights (CPU float32) when ema_decay is set
         self.objective: ObjectiveConfig = config.objective
         self.pad_id = 0
         self.step = 0
         self.device = "cpu"
+        self.bucket_plan = None  # the weights' buckets, fixed at the first publish
+        self.broadcaster = None  # rank 0's end of the weight group, once opened
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group."""
@@ -86,7 +89,7 @@ class LearnerRank:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
         self.pad_id = pad_id
-        if self.config.ema_decay is not None:
+        if self.ema_decay is not None:
             state = self._full_state_dict()
             self.ema = {name: t.float() for name, t in state.items()} if self.rank == 0 else None
         return sum(p.numel() for p in model.parameters())
@@ -116,8 +119,8 @@ class LearnerRank:
         self.engine.backward(loss)
         self.engine.step()
         self.step += 1
-        if self.config.ema_decay is not None:
-            self._update_ema(self.config.ema_decay)
+        if self.ema_decay is not None:
+            self._update_ema(self.ema_decay)
         grad_norm = self.engine.get_global_grad_norm()
         metrics["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["train/lr"] = self.engine.get_lr()[0]
@@ -134,6 +137,14 @@ class LearnerRank:
             # named_parameters() lists a tied lm_head once, under the embedding's name, as vLLM expects.
             return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in module.named_parameters()}
 
+    def _buckets(self):
+        """The full weights, bucket by bucket (collective under ZeRO-3: every rank must iterate)."""
+        from learner.weight_sync import gathered_buckets, plan_buckets
+
+        if self.bucket_plan is None:
+            self.bucket_plan = plan_buckets(self.engine.module, self.config.publish_bucket_mib << 20)
+        return gathered_buckets(self.engine.module, self.bucket_plan, self.config.zero_stage == 3)
+
     def _update_ema(self, decay: float) -> None:
         import torch
 
@@ -144,22 +155,66 @@ class LearnerRank:
             for name, value in state.items():
                 self.ema[name].mul_(decay).add_(value.float(), alpha=1.0 - decay)
 
-    def publish_weights(self, version: int, directory: str, ema: bool = False) -> PublishedWeights | None:
-        """Writes the full weights (or their EMA) as one safetensors file (rank 0) for other components to read."""
+    def publish_weights(self, version: int, directory: str) -> PublishedWeights | None:
+        """Writes the full weights as safetensors files, one per bucket (rank 0), into `{directory}/v{version}`,
+        for consumers on this node."""
         from safetensors.torch import save_file
 
-        if ema and self.config.ema_decay is None:
-            raise ValueError("publish_weights(ema=True) needs learner.ema_decay")
-        state = self._full_state_dict() if not ema else None
-        if self.rank != 0:
-            return None
-        if ema:
-            dtype = next(iter(self.engine.module.parameters())).dtype
-            state = {name: value.to(dtype).contiguous() for name, value in self.ema.items()}
-        target = Path(directory) / f"{'ema-' if ema else ''}v{version}"
-        target.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(target / "model.safetensors"), metadata={"format": "pt", "policy_version": str(version)})
-        return PublishedWeights(version=version, path=str(target))
+        target = Path(directory) / f"v{version}"
+        metadata = {"format": "pt", "policy_version": str(version)}
+        for index, bucket in enumerate(self._buckets()):
+            if self.rank == 0:
+                target.mkdir(parents=True, exist_ok=True)
+                state = {spec.name: tensor for spec, tensor in bucket}
+                save_file(state, str(target / f"model-{index:05d}.safetensors"), metadata=metadata)
+        return PublishedWeights(version=version, path=str(target)) if self.rank == 0 else None
+
+    def ema_state(self) -> dict:
+        """Rank 0's EMA of the weights in the training dtype, {HF name: tensor} (through the Ray object store)."""
+        if self.rank != 0 or self.ema is None:
+            raise RuntimeError("the EMA lives on rank 0 and needs an ema_decay")
+        dtype = next(iter(self.engine.module.parameters())).dtype
+        return {name: value.to(dtype) for name, value in self.ema.items()}
+
+    # --- the weight group: rank 0 broadcasts to consumer processes on any node ---------------------------------
+    def weight_group_plan(self) -> tuple[str, int, list]:
+        import ray
+
+        self._buckets()  # fixes the plan
+        return ray.util.get_node_ip_address(), free_port(), self.bucket_plan
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def open_weight_group(self, host: str, port: int, world_size: int) -> list | None:
+        """Rank 0 becomes rank 0 of a group with `world_size - 1` consumers (they join concurrently); returns the
+        bucket plan every broadcast follows. Other ranks only take part in the gathers."""
+        from learner.weight_sync import WeightBroadcaster
+
+        self._buckets()  # fixes the plan
+        if self.rank == 0:
+            self.broadcaster = WeightBroadcaster(host, port, world_size)
+        return self.bucket_plan if self.rank == 0 else None
+
+    def broadcast_weights(self, version: int) -> PublishedWeights | None:
+        """Posts this version's buckets to the weight group; returns once they are copied out, not received."""
+        if self.rank == 0:
+            if self.broadcaster is None:
+                raise RuntimeError("broadcast_weights before open_weight_group")
+            self.broadcaster.wait()  # the previous version has reached every consumer
+        for bucket in self._buckets():
+            if self.rank == 0:
+                self.broadcaster.send(bucket)
+        return PublishedWeights(version=version, buckets=self.bucket_plan) if self.rank == 0 else None
+
+    def weights_digest(self) -> dict[str, str] | None:
+        """sha256 of every full tensor (rank 0), to check that consumers hold bit-identical weights."""
+        from learner.weight_sync import tensor_digest
+
+        digest = {spec.name: tensor_digest(t) for bucket in self._buckets() for spec, t in bucket}
+        return digest if self.rank == 0 else None
 
     def save_checkpoint(self, directory: str) -> str | None:
         """HF format (`save_pretrained`), loadable with `AutoModelForCausalLM.from_pretrained`."""

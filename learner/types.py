@@ -76,8 +76,27 @@ class TrainBatch:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One parameter as it travels: HF name, dtype name (`float32`, `bfloat16`, ...) and full shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        size = 2 if self.dtype in ("bfloat16", "float16") else 4
+        for dim in self.shape:
+            size *= dim
+        return size
+
+
+@dataclass(frozen=True)
 class PublishedWeights:
-    """Full weights written once by rank 0 (safetensors, HF names), for whoever consumes them."""
+    """A version of the full weights published by rank 0 for other components, in one of two forms:
+    `path`: a directory of safetensors files (HF names) on rank 0's node; `buckets`: the tensors of each bucket
+    in the order they were broadcast over the weight group (`LearnerGroup.open_weight_group`)."""
 
     version: int
-    path: str
+    path: str | None = None
+    buckets: list[list[TensorSpec]] | None = None

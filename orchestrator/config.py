@@ -75,6 +75,12 @@ class StageConfig(BaseModel):
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(32, ge=1, description="Global batch (prompts per step), split over learner ranks.")
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="Asynchronous rollouts: batches for the next steps are sampled and scored while the learner "
+        "trains, from weights at most this many versions behind the learner's. 0 = synchronous.",
+    )
 
 
 class RecipeConfig(BaseModel):
@@ -103,8 +109,28 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(64, ge=1)
 
 
+class WeightSyncConfig(BaseModel):
+    """How new weights go from learner rank 0 to the rollout workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transport: Literal["auto", "files", "broadcast"] = Field(
+        "auto",
+        description="files: safetensors in /dev/shm, read by workers on the learner's node; broadcast: a gloo "
+        "process group from learner rank 0 to every engine, any node; auto: files when every worker shares the "
+        "learner's node, else broadcast.",
+    )
+    verify: bool = Field(False, description="After every broadcast, compare a sha256 of every tensor on both ends.")
+
+
 class RayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    placement: Literal["disaggregated", "colocated"] = Field(
+        "disaggregated",
+        description="disaggregated: each role where its resources are (see <role>.resources); colocated: learner, "
+        "rollout workers and teacher replicas on one node (a STRICT_PACK placement group).",
+    )
 
     address: str | None = Field(None, description="None = start a local Ray; 'auto' = join the running cluster.")
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local Ray (None = all cores).")
@@ -129,6 +155,7 @@ class RunConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -1,33 +1,37 @@
-"""The training run: stage 1 cold-start SFT, then stage 2 distillation, each step generate → score → train → sync.
+"""The training run: stage 1 cold-start SFT, then stage 2 distillation.
 
-Every cross-actor step is a visible call on a component group; detail lives in the actors.
+A step is three calls: prepare a batch (rollout workers sample, the teacher scores), train on it (learner), push
+the new weights (learner → rollout). With `max_staleness = s > 0` the batches for the next s steps are prepared in
+a background thread while the learner trains, from weights at most s versions old (`_train_loop`).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from learner.config import ObjectiveConfig
 from learner.group import LearnerGroup
+from learner.types import TrainBatch
 from orchestrator import steps
 from orchestrator.config import RunConfig, StageConfig
-from orchestrator.data import DataError, Example, load_examples
+from orchestrator.data import DataError, load_examples
 from orchestrator.evaluate import evaluate, evaluate_checkpoint, format_table
-from orchestrator.metrics import MetricsLogger
+from orchestrator.metrics import Ledger, MetricsLogger
+from orchestrator.placement import Placement
 from orchestrator.startup import check_shared_vocabulary, init_ray, load_tokenizer
+from orchestrator.teacher_client import TeacherClient
 from orchestrator.tokens import encode_prompt
 from orchestrator.verbalizer import Verbalizer, VerbalizerTemplates
+from orchestrator.weight_sync import PolicySync
 from rollout.group import RolloutGroup
 from rollout.types import GenerationRequest, WeightSnapshot
-from teacher_server.types import TeacherWeights
 
 COLD_START_OBJECTIVE = ObjectiveConfig(cross_entropy="sft", alpha=0.0, kd_weight=0.0)
 
@@ -40,9 +44,19 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     policy_version: int = 0
+    first_step_seconds: float | None = None  # from the start of the run to the end of the first training step
 
 
-def batches(rows: list[Example], batch_size: int, num_steps: int, seed: int) -> Iterator[list[Example]]:
+@dataclass
+class PreparedBatch:
+    """A train batch with where it came from: the ids of its rows (for the ledger) and how long each part took."""
+
+    batch: TrainBatch
+    sample_ids: list[int]
+    metrics: dict[str, float]
+
+
+def batches(rows: list, batch_size: int, num_steps: int, seed: int) -> Iterator[list]:
     """Shuffled epochs, cut into full batches, until `num_steps` batches were given."""
     if batch_size > len(rows):
         raise DataError(f"batch size {batch_size} is larger than the {len(rows)} training rows")
@@ -62,12 +76,17 @@ def stage_steps(stage: StageConfig, num_rows: int) -> int:
     return stage.steps or max(1, math.ceil(stage.epochs * num_rows / stage.batch_size))
 
 
+class StalenessError(RuntimeError):
+    pass
+
+
 class Trainer:
     """State: the run config, tokenizer, data, the live component groups and the policy version."""
 
     def __init__(self, cfg: RunConfig, progress: bool = True, rollout: RolloutGroup | None = None):
         """`rollout`: engines already running on this student (shared across runs, as the benchmarks do);
         the trainer then neither starts nor stops them, and loads each stage's initial weights into them."""
+        self.started = time.perf_counter()
         self.cfg = cfg
         self.progress = progress
         self.run_dir = cfg.run_dir
@@ -78,17 +97,16 @@ class Trainer:
         self.eval_rows = load_examples(cfg.data, "eval")
         self.languages = sorted({r.lang for r in self.train_rows})
         self.metrics = MetricsLogger(self.run_dir)
-        self.weights_dir = tempfile.mkdtemp(
-            prefix="dudi-weights-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
-        )
+        self.ledger = Ledger(self.run_dir)
+        self.placement: Placement | None = None
         self.rollout: RolloutGroup | None = rollout
         self.owns_rollout = rollout is None
         self.rollout_weights: str | None = None  # the checkpoint the rollout engines hold (None: unknown)
         self.learner: LearnerGroup | None = None
-        self.teacher = None  # Serve handle of the teacher app, while one is deployed
-        self.teacher_weights: TeacherWeights | None = None  # the EMA teacher's latest weights
+        self.policy_sync: PolicySync | None = None
+        self.teacher: TeacherClient | None = None
         self.teacher_responses: dict[str, list[int]] = {}  # SeqKD: prompt → ŷ ~ π_T(·|x)
-        self.version = 0  # policy version the rollout workers hold
+        self.version = 0  # the newest policy version pushed to the rollout workers
         self.learner_steps = 0
         self.result = RunResult(self.run_dir)
 
@@ -103,9 +121,12 @@ class Trainer:
         if cfg.distill.enabled and self.uses_teacher_model:
             check_shared_vocabulary(cfg.models.student, cfg.models.teacher)
         init_ray(cfg.ray)
+        self.placement = Placement(cfg)
         if self.owns_rollout:
             self._say(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s) on {cfg.models.student}")
-            self.rollout = RolloutGroup(cfg.rollout, cfg.models.student, cfg.seed, wait=False)
+            self.rollout = RolloutGroup(
+                cfg.rollout, cfg.models.student, cfg.seed, wait=False, actor_options=self.placement.rollout_options()
+            )
             self.rollout_weights = cfg.models.student
         if cfg.eval.compare_teacher:
             # The teacher's engine starts beside the student's (start-up is mostly single-threaded) and is
@@ -114,13 +135,19 @@ class Trainer:
         self.rollout.wait_ready()
 
     def close(self) -> None:
-        for group in (self.learner, self.rollout if self.owns_rollout else None):
-            if group is not None:
-                group.shutdown()
-        self._stop_teacher()
-        self.learner = self.rollout = None
-        shutil.rmtree(self.weights_dir, ignore_errors=True)
-        self.metrics.close()
+        try:
+            if self.policy_sync is not None:
+                self.policy_sync.close()
+        finally:
+            for group in (self.learner, self.rollout if self.owns_rollout else None):
+                if group is not None:
+                    group.shutdown()
+            self._stop_teacher()
+            if self.placement is not None:
+                self.placement.close()
+            self.learner = self.rollout = self.policy_sync = self.placement = None
+            self.metrics.close()
+            self.ledger.close()
 
     def run(self) -> RunResult:
         try:
@@ -140,13 +167,11 @@ class Trainer:
         started = time.perf_counter()
         recipe = self.cfg.recipe
         if objective.uses_teacher:
-            self._start_teacher(init_path)
+            self._start_teacher(init_path, objective)
         if objective.uses_on_kd and recipe.on_kd_responses == "teacher":
             self._generate_teacher_responses()
         ema = objective.uses_teacher and recipe.teacher == "ema"
-        learner_cfg = self.cfg.learner.model_copy(
-            update={"objective": objective, "ema_decay": recipe.ema_decay if ema else None}
-        )
+        learner_cfg = self.cfg.learner.model_copy(update={"objective": objective})
         self._say(
             f"[{name}] starting {learner_cfg.num_ranks} DeepSpeed learner rank(s) (ZeRO-{learner_cfg.zero_stage}) on {init_path}"
         )
@@ -157,16 +182,22 @@ class Trainer:
             stage.lr or learner_cfg.lr,
             self.tokenizer.pad_token_id,
             self.cfg.seed,
+            ema_decay=recipe.ema_decay if ema else None,
+            actor_options=self.placement.learner_options(),
         )
         if objective.needs_rollouts and self.rollout_weights != init_path:
             self.rollout.load_weights(WeightSnapshot(self.version, init_path))
             self.rollout_weights = init_path
+        self.policy_sync = PolicySync(self.learner, self.rollout, self.cfg.weight_sync)
         verbalizer = self._verbalizer() if objective.uses_teacher else None
         num_steps = stage_steps(stage, len(self.train_rows))
         self._train_loop(name, stage, objective, verbalizer, num_steps)
         self._stop_teacher()
         if self.version != self.learner_steps:
-            self.sync_weights()
+            self._push_policy()
+        self.policy_sync.wait()
+        self.policy_sync.close()
+        self.policy_sync = None
         checkpoint = str(self.run_dir / name)
         self.learner.save_checkpoint(checkpoint)
         self.rollout_weights = checkpoint  # the sync above left the engines on exactly these weights
@@ -182,6 +213,9 @@ class Trainer:
         return checkpoint
 
     def _train_loop(self, name, stage, objective, verbalizer, num_steps: int) -> None:
+        """Steps 1..n, each on batch j of the stage's data order. Batch j may be prepared once the weights of
+        version (stage start + j − 1 − s) are pushed, so with s = 0 it waits for the previous step (synchronous)
+        and with s > 0 it is prepared while up to s earlier steps train."""
         from tqdm import tqdm
 
         bar = tqdm(
@@ -191,20 +225,48 @@ class Trainer:
             disable=not self.progress,
             mininterval=1.0,
         )
-        for step, rows in enumerate(
-            batches(self.train_rows, stage.batch_size, num_steps, self.cfg.seed + zlib.crc32(name.encode())), 1
-        ):
-            metrics = self.train_step(rows, objective, verbalizer)
-            self.metrics.log(name, step, metrics)
-            self.result.last_metrics[name] = metrics
-            bar.update(1)
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k.startswith("loss/")})
+        plan = list(
+            batches(
+                list(range(len(self.train_rows))),
+                stage.batch_size,
+                num_steps,
+                self.cfg.seed + zlib.crc32(name.encode()),
+            )
+        )
+        max_staleness = stage.max_staleness if objective.needs_rollouts else 0
+        pending: dict = {}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer:
+
+            def prepare_ahead(trained: int) -> None:
+                # Step k may be prepared once version (stage start + k − 1 − s) is pushed: k ≤ trained + 1 + s.
+                while len(pending) <= max_staleness and trained + len(pending) < num_steps:
+                    step = trained + len(pending) + 1
+                    pending[step] = preparer.submit(self.prepare, plan[step - 1], objective, verbalizer)
+
+            prepare_ahead(0)
+            for step in range(1, num_steps + 1):
+                waited = time.perf_counter()
+                prepared = pending.pop(step).result()  # rollout workers + teacher
+                wait_s = time.perf_counter() - waited
+                metrics = self.learn(prepared, max_staleness)  # learner
+                if objective.needs_rollouts:
+                    metrics["time/sync_s"] = self._push_policy()  # learner → rollout workers
+                metrics["time/wait_s"] = wait_s
+                self.metrics.log(name, step, metrics)
+                self.ledger.record(
+                    name, step, self.learner_steps - 1, prepared.sample_ids, prepared.batch.policy_versions
+                )
+                self.result.last_metrics[name] = metrics
+                if self.result.first_step_seconds is None:
+                    self.result.first_step_seconds = round(time.perf_counter() - self.started, 1)
+                bar.update(1)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k.startswith("loss/")})
+                prepare_ahead(step)
         bar.close()
 
-    # --- one step: generate → rank → score → train → sync -----------------------------------------------------
-    def train_step(
-        self, rows: list[Example], objective: ObjectiveConfig, verbalizer: Verbalizer | None
-    ) -> dict[str, float]:
+    # --- one step: prepare (rollout, teacher) → learn (learner) → push (learner → rollout) ---------------------
+    def prepare(self, row_ids: list[int], objective: ObjectiveConfig, verbalizer: Verbalizer | None) -> PreparedBatch:
+        """Sample (student), rank (the student's top ids where it did not sample), score (teacher): the batch."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -213,116 +275,104 @@ class Trainer:
             timings[f"time/{name}_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
 
+        rows = [self.train_rows[i] for i in row_ids]
         prompts = steps.build_prompts(rows, self.tokenizer, verbalizer)
         rejected: list = []
         generated: list = []
         rollout_stats: dict[str, float] = {}
         student_writes = self.cfg.recipe.on_kd_responses == "student"
-        sparse = self.cfg.teacher.score_format == "sparse"
         to_generate = steps.generation_requests(prompts, objective, student_writes)
         if to_generate:
-            spec = self.rollout.sampling_spec(top_ids=self.cfg.teacher.student_top_k if sparse else 0)
+            top_ids = self.teacher.student_top_k if self.teacher is not None else 0
+            spec = self.rollout.sampling_spec(top_ids=top_ids)
             rejected, generated = steps.split_generations(self.rollout.generate(to_generate, spec), prompts, objective)
             rollout_stats = steps.rollout_metrics(rejected, generated)
             lap("generate")
-        kd_sets = {}
+        kd = steps.KdSets()
         if objective.uses_off_kd:
-            kd_sets["off"] = steps.ground_truth_sequences(prompts)
+            kd.off = steps.ground_truth_sequences(prompts)
         if objective.uses_on_kd:
-            kd_sets["on"] = (
+            kd.on = (
                 steps.on_policy_sequences(prompts, generated)
                 if student_writes
                 else steps.teacher_written_sequences(prompts, [self.teacher_responses[r.prompt] for r in rows])
             )
-        scored = self._rank_and_score(kd_sets, objective, sparse, lap)
-        batch = steps.assemble_batch(prompts, rejected, scored.get("off"), scored.get("on"))
-        if batch.policy_versions:
-            rollout_stats["rollout/staleness"] = self.version - min(batch.policy_versions)
-        metrics = self.learner.train_step(batch)
-        self.learner_steps += 1
-        lap("train")
-        if objective.needs_rollouts:  # on-policy: the next batch must be sampled from these weights
-            self.sync_weights()
-            lap("sync")
-        if self.learner.config.ema_decay is not None:
-            self._push_ema_teacher()
-            lap("teacher_sync")
-        return {**metrics, **rollout_stats, **timings, "policy_version": float(self.version)}
+        scores = self._rank_and_score(kd, lap)
+        batch = steps.assemble_batch(prompts, rejected, kd, scores)
+        return PreparedBatch(batch, row_ids, {**rollout_stats, **timings})
 
-    def _rank_and_score(self, kd_sets: dict, objective: ObjectiveConfig, sparse: bool, lap) -> dict:
-        """Teacher scores for each KD set: {name: (sequences, [TeacherScores])}.
+    def _rank_and_score(self, kd: steps.KdSets, lap) -> dict:
+        """The teacher's scores of each KD set, by name.
 
         Scoring overlaps ranking: sets that already carry the student's top ids go to the teacher first, while
         the rollout engine ranks the others (sequences the student did not sample) with a prefill.
         """
-        needs_rank = sparse and self.cfg.teacher.student_top_k > 0
-        unranked = {k: s for k, s in kd_sets.items() if needs_rank and s.student_top_ids is None}
-        pending = {k: self._score(s, objective) for k, s in kd_sets.items() if k not in unranked}
+        if not kd.items():
+            return {}
+        top_k = self.teacher.student_top_k
+        unranked = {k: s for k, s in kd.items() if top_k > 0 and s.student_top_ids is None}
+        pending = {k: self.teacher.score(s) for k, s in kd.items() if k not in unranked}
         if unranked:
-            ranked = self.rollout.rank_ids(
-                [r for s in unranked.values() for r in s.rank_requests()], self.cfg.teacher.student_top_k
-            )
+            ranked = self.rollout.rank_ids([r for s in unranked.values() for r in s.rank_requests()], top_k)
             for s in unranked.values():
                 s.student_top_ids, ranked = ranked[: len(s.responses)], ranked[len(s.responses) :]
             lap("rank")
-            pending.update({k: self._score(s, objective) for k, s in unranked.items()})
-        scored = {
-            k: (kd_sets[k], steps.teacher_scores(requests, future.result()))
-            for k, (requests, future) in pending.items()
-        }
-        if pending:
-            lap("score")
-        return scored
+            pending.update({k: self.teacher.score(s) for k, s in unranked.items()})
+        scores = {k: p.result() for k, p in pending.items()}
+        lap("score")
+        return scores
 
-    def _score(self, sequences: steps.KdSequences, objective: ObjectiveConfig):
-        """Sends one KD set to the teacher without waiting: (its requests, the pending response)."""
-        requests = steps.score_requests(sequences, self.cfg.teacher, objective.kd_temperature)
-        return requests, self.teacher.score_many.remote(requests, self.teacher_weights)
+    def learn(self, prepared: PreparedBatch, max_staleness: int) -> dict[str, float]:
+        """One optimizer step on a prepared batch, refusing samples older than the staleness bound."""
+        versions = prepared.batch.policy_versions
+        metrics = dict(prepared.metrics)
+        if versions:
+            staleness = [self.learner_steps - v for v in versions]
+            if max(staleness) > max_staleness:
+                raise StalenessError(
+                    f"a sample of policy version {min(versions)} reached learner version {self.learner_steps}: "
+                    f"staleness {max(staleness)} > max_staleness {max_staleness}"
+                )
+            metrics["rollout/staleness"] = float(max(staleness))
+            metrics["rollout/staleness_mean"] = sum(staleness) / len(staleness)
+        clock = time.perf_counter()
+        metrics.update(self.learner.train_step(prepared.batch))
+        self.learner_steps += 1
+        metrics["time/train_s"] = time.perf_counter() - clock
+        if self.learner.ema_decay is not None:
+            clock = time.perf_counter()
+            self.teacher.push_weights(self.learner_steps, self.learner.ema_state())
+            metrics["time/teacher_sync_s"] = time.perf_counter() - clock
+        metrics["policy_version"] = float(self.learner_steps)
+        return metrics
 
-    def sync_weights(self) -> None:
-        """Learner → rollout: rank 0 writes the weights once, every worker reloads them in place.
-
-        The policy version is the number of optimizer steps behind the weights.
-        """
-        previous, self.version = self.version, self.learner_steps
-        published = self.learner.publish_weights(self.version, self.weights_dir)
-        self.rollout.load_weights(WeightSnapshot(published.version, published.path))
+    def _push_policy(self) -> float:
+        """Learner → rollout workers; the policy version is the number of optimizer steps behind the weights.
+        Returns the seconds the learner side took (the workers load when they get to it)."""
+        clock = time.perf_counter()
+        self.version = self.learner_steps
+        self.policy_sync.push(self.version)
         self.rollout_weights = None  # the learner's, not a checkpoint's
-        shutil.rmtree(Path(self.weights_dir) / f"v{previous}", ignore_errors=True)
         self.result.policy_version = self.version
+        return time.perf_counter() - clock
 
     # --- helpers ---------------------------------------------------------------------------------------------
-    def _start_teacher(self, init_path: str) -> None:
+    def _start_teacher(self, init_path: str, objective: ObjectiveConfig) -> None:
         """Deploys the stage's teacher: models.teacher, or the stage's initial student (frozen, or its EMA)."""
-        from teacher_server.app import deploy
-
         kind = self.cfg.recipe.teacher
         model_path = self.cfg.models.teacher if kind == "model" else init_path
         self._say(
             f"deploying the teacher server (Ray Serve, {self.cfg.teacher.num_replicas} replica(s), "
             f"{self.cfg.teacher.score_format} scores) on {model_path} [{kind}]"
         )
-        self.teacher = deploy(model_path, self.cfg.teacher)
-        self.teacher_weights = None
+        self.teacher = TeacherClient(
+            self.cfg.teacher, model_path, objective.kd_temperature, self.placement.pinned_options()
+        )
 
     def _stop_teacher(self) -> None:
         if self.teacher is not None:
-            from ray import serve
-
-            serve.delete(self.cfg.teacher.app_name)
+            self.teacher.shutdown()
         self.teacher = None
-        if self.teacher_weights is not None:
-            shutil.rmtree(self.teacher_weights.path, ignore_errors=True)
-            self.teacher_weights = None
-
-    def _push_ema_teacher(self) -> None:
-        """The learner writes its EMA; the next scoring call hands the teacher replicas the new version."""
-        previous = self.teacher_weights
-        published = self.learner.publish_weights(self.learner_steps, self.weights_dir, ema=True)
-        self.teacher_weights = TeacherWeights(published.version, published.path)
-        if previous is not None:
-            # A replica reads a version when it next scores; older files are never asked for again.
-            shutil.rmtree(previous.path, ignore_errors=True)
 
     def _generate_teacher_responses(self) -> None:
         """SeqKD: one ŷ ~ π_T(·|x) per training prompt, sampled once by a vLLM engine on the teacher."""
@@ -330,7 +380,13 @@ class Trainer:
             return
         prompts = sorted({r.prompt for r in self.train_rows})
         self._say(f"generating SeqKD responses with the teacher (vLLM) for {len(prompts)} prompts")
-        engine = RolloutGroup(self.cfg.rollout, self.cfg.models.teacher, self.cfg.seed + 7919, num_workers=1)
+        engine = RolloutGroup(
+            self.cfg.rollout,
+            self.cfg.models.teacher,
+            self.cfg.seed + 7919,
+            num_workers=1,
+            actor_options=[self.placement.pinned_options()],
+        )
         try:
             requests = [GenerationRequest(encode_prompt(self.tokenizer, p)) for p in prompts]
             results = engine.generate(requests, engine.sampling_spec())

@@ -26,3 +26,30 @@ class MetricsLogger:
     def close(self) -> None:
         self.writer.close()
         self.jsonl.close()
+
+
+class Ledger:
+    """`<run>/ledger.jsonl`: per trained step, the ids of its samples and the policy versions that produced them,
+    so that every sample can be shown to be trained exactly once and within the staleness bound."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "ledger.jsonl"
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def record(self, stage: str, step: int, learner_version: int, samples: list[int], versions: list[int]) -> None:
+        entry = {
+            "stage": stage,
+            "step": step,
+            "learner_version": learner_version,
+            "samples": samples,
+            "policy_versions": versions,
+        }
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_ledger(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

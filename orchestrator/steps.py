@@ -46,6 +46,18 @@ class KdSequences:
         return [TopIdsRequest(p, r) for p, r in zip(self.student_prompts, self.responses, strict=True)]
 
 
+@dataclass
+class KdSets:
+    """The sequences of the two KD terms: Off-KD on the ground truth, On-KD on sampled (or teacher-written)
+    responses; None where the objective has no such term."""
+
+    off: KdSequences | None = None
+    on: KdSequences | None = None
+
+    def items(self) -> list[tuple[str, KdSequences]]:
+        return [(name, s) for name, s in (("off", self.off), ("on", self.on)) if s is not None]
+
+
 def build_prompts(rows: list[Example], tokenizer, verbalizer: Verbalizer | None) -> PromptSet:
     x = [encode_prompt(tokenizer, r.prompt) for r in rows]
     y = [encode_response(tokenizer, r.response) for r in rows]
@@ -146,18 +158,19 @@ def teacher_scores(requests: list[ScoreRequest], responses: list[ScoreResponse])
 def assemble_batch(
     prompts: PromptSet,
     rejected: list[GenerationResult],
-    off_kd: tuple[KdSequences, list[TeacherScores]] | None,
-    on_kd: tuple[KdSequences, list[TeacherScores]] | None,
+    kd: KdSets,
+    scores: dict[str, list[TeacherScores]],
 ) -> TrainBatch:
+    """`scores`: the teacher's scores of each KD set, by its name in `KdSets.items()`."""
     versions = [g.policy_version for g in rejected]
-    if on_kd is not None and on_kd[0].policy_versions:
-        versions += on_kd[0].policy_versions
+    if kd.on is not None and kd.on.policy_versions:
+        versions += kd.on.policy_versions
     return TrainBatch(
         chosen=TokenSequences(prompts.x, prompts.y),
         rejected=TokenSequences(prompts.x, [g.response_ids for g in rejected]) if rejected else None,
-        on_policy=on_kd[0].as_student_sees() if on_kd else None,
-        chosen_teacher=off_kd[1] if off_kd else None,
-        on_policy_teacher=on_kd[1] if on_kd else None,
+        on_policy=kd.on.as_student_sees() if kd.on else None,
+        chosen_teacher=scores.get("off"),
+        on_policy_teacher=scores.get("on"),
         policy_versions=versions,
     )
 

@@ -35,4 +35,8 @@ class RolloutConfig(BaseModel):
     )
     num_cpus_per_worker: float = Field(0.5, ge=0.0)
     num_gpus_per_worker: float = Field(0.0, ge=0.0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per worker, e.g. {rollout: 1} to run only on nodes that advertise them.",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

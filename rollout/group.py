@@ -5,18 +5,38 @@ from __future__ import annotations
 import ray
 
 from rollout.config import RolloutConfig
-from rollout.types import GenerationRequest, GenerationResult, SamplingSpec, TopIdsRequest, WeightSnapshot
+from rollout.types import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingSpec,
+    TopIdsRequest,
+    WeightGroupSpec,
+    WeightSnapshot,
+)
 from rollout.worker import RolloutWorker
 
 
 class RolloutGroup:
     def __init__(
-        self, config: RolloutConfig, model_path: str, seed: int, num_workers: int | None = None, wait: bool = True
+        self,
+        config: RolloutConfig,
+        model_path: str,
+        seed: int,
+        num_workers: int | None = None,
+        wait: bool = True,
+        actor_options: list[dict] | None = None,
     ):
+        """`actor_options`: per worker, extra Ray actor options (a placement group bundle, a label selector)."""
         self.config = config
-        actor_cls = ray.remote(num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker)(RolloutWorker)
+        actor_cls = ray.remote(RolloutWorker)
+        base_options = dict(
+            num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker, resources=config.resources
+        )
         count = num_workers or config.num_workers
-        self.workers = [actor_cls.remote(config, model_path, seed + i) for i in range(count)]
+        options = actor_options or [{}] * count
+        self.workers = [
+            actor_cls.options(**base_options, **options[i]).remote(config, model_path, seed + i) for i in range(count)
+        ]
         if wait:
             self.wait_ready()
 
@@ -52,8 +72,22 @@ class RolloutGroup:
         """Per request, the policy's n most likely ids at each response position."""
         return self._fan_out("rank_ids", requests, n)
 
-    def load_weights(self, snapshot: WeightSnapshot) -> list[int]:
-        return ray.get([w.load_weights.remote(snapshot) for w in self.workers])
+    def load_weights(self, snapshot: WeightSnapshot, wait: bool = True) -> list:
+        """Every worker takes the snapshot in place (after the calls already queued on it). `wait=False` returns
+        the pending calls (Ray object refs of the versions) instead of the versions."""
+        pending = [w.load_weights.remote(snapshot) for w in self.workers]
+        return ray.get(pending) if wait else pending
+
+    def join_weight_group(self, group: WeightGroupSpec, record_digest: bool = False) -> list:
+        """Worker i joins the learner's weight group as rank i + 1; returns the pending calls (they complete
+        once the learner's rank 0 has joined too)."""
+        return [w.join_weight_group.remote(group, i + 1, record_digest) for i, w in enumerate(self.workers)]
+
+    def received_digests(self) -> list[dict[str, str]]:
+        return ray.get([w.received_digest.remote() for w in self.workers])
+
+    def node_ids(self) -> list[str]:
+        return ray.get([w.node_id.remote() for w in self.workers])
 
     def policy_versions(self) -> list[int]:
         return ray.get([w.get_policy_version.remote() for w in self.workers])

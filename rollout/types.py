@@ -46,7 +46,19 @@ class TopIdsRequest:
 
 @dataclass(frozen=True)
 class WeightSnapshot:
-    """Where a published set of full weights lies (safetensors, HF parameter names)."""
+    """A published version of the full weights: safetensors files (HF names) in `path`, a directory on the
+    worker's node, or, with `path=None`, the next broadcast over the weight group the workers joined."""
 
     version: int
-    path: str
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class WeightGroupSpec:
+    """The learner's weight group: its rank 0 listens at (host, port); workers take ranks 1..world_size-1.
+    `buckets`: per broadcast bucket, (HF name, dtype name, shape) of each tensor in send order."""
+
+    host: str
+    port: int
+    world_size: int
+    buckets: list[list[tuple[str, str, tuple[int, ...]]]]

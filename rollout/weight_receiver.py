@@ -1,4 +1,10 @@
-"""Runs inside vLLM's worker process (`worker_extension_cls`): reloads weights in place, keeps tied heads tied.
+"""Runs inside vLLM's worker process (`worker_extension_cls`): takes new weights in place, keeps tied heads tied.
+
+Weights arrive in one of two ways:
+- `receive_weights(path)`: safetensors files in a directory on this node (the same-node path through /dev/shm);
+- `receive_broadcast()`: bucket by bucket over a process group with the learner's rank 0 (gloo on CPU), joined
+  once with `join_weight_group`. Nothing touches a filesystem, so learner and engine may sit on different nodes.
+  Buckets stream into `reload_weights` as they arrive: the worker holds one bucket beside the model.
 
 With tied embeddings (no `lm_head.weight` in the checkpoint, e.g. Qwen2.5-0.5B), vLLM 0.32's layerwise
 in-place reload swaps in a new embedding tensor but puts the LM head's old tensor back, and on CPU the
@@ -10,10 +16,62 @@ checkpoint describes.
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
+
 
 class WeightReceiver:
     def receive_weights(self, weights_path: str) -> None:
         self.model_runner.reload_weights(weights_path=weights_path)
+        self._after_reload()
+
+    def join_weight_group(
+        self, host: str, port: int, rank: int, world_size: int, own_host: str, buckets: list, record_digest: bool
+    ) -> None:
+        """Joins the learner's weight group as `rank` (blocks until every member has joined). `buckets`: per
+        bucket, [name, dtype, shape] of its tensors in send order; `record_digest` keeps a sha256 per tensor."""
+        from torch.distributed import ProcessGroupGloo, TCPStore
+
+        timeout = timedelta(seconds=600)
+        store = TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+        options = ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [ProcessGroupGloo.create_device(hostname=own_host)]
+        self._weight_group = ProcessGroupGloo(store, rank, world_size, options)
+        self._weight_store = store
+        self._weight_buckets = buckets
+        self._record_digest = record_digest
+        self._digest: dict[str, str] = {}
+
+    def receive_broadcast(self) -> None:
+        stream = self._broadcast_stream()
+        self.model_runner.reload_weights(weights_iterator=stream)
+        for _ in stream:  # every posted bucket must be received, or the next version would read stale bytes
+            pass
+        self._after_reload()
+
+    def received_digest(self) -> dict[str, str]:
+        return self._digest
+
+    def _broadcast_stream(self):
+        import torch
+        from torch.distributed import BroadcastOptions
+
+        options = BroadcastOptions()
+        options.rootRank = 0
+        for bucket in self._weight_buckets:
+            sizes = [_nbytes(dtype, shape) for _, dtype, shape in bucket]
+            buffer = torch.empty(sum(sizes), dtype=torch.uint8)
+            self._weight_group.broadcast([buffer], options).wait()
+            offset = 0
+            for (name, dtype, shape), size in zip(bucket, sizes, strict=True):
+                raw = buffer[offset : offset + size]
+                offset += size
+                if self._record_digest:
+                    self._digest[name] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
+                yield name, raw.view(getattr(torch, dtype)).view(shape)
+
+    def _after_reload(self) -> None:
         if getattr(self.model_runner.model_config.hf_config, "tie_word_embeddings", False):
             self._retie_lm_head()
 
@@ -25,3 +83,10 @@ class WeightReceiver:
             raise RuntimeError(f"cannot re-tie the LM head of {type(model).__name__}: no lm_head / model.embed_tokens")
         head.weight = embedding.weight
         head.quant_method.process_weights_after_loading(head)
+
+
+def _nbytes(dtype: str, shape) -> int:
+    size = 2 if dtype in ("bfloat16", "float16") else 4
+    for dim in shape:
+        size *= dim
+    return size

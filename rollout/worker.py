@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 
 from rollout.config import RolloutConfig
-from rollout.types import GenerationRequest, GenerationResult, SamplingSpec, TopIdsRequest, WeightSnapshot
+from rollout.types import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingSpec,
+    TopIdsRequest,
+    WeightGroupSpec,
+    WeightSnapshot,
+)
 
 
 class RolloutWorker:
@@ -85,10 +92,39 @@ class RolloutWorker:
         return ranked
 
     def load_weights(self, snapshot: WeightSnapshot) -> int:
-        self.llm.collective_rpc("receive_weights", kwargs={"weights_path": snapshot.path})
+        if snapshot.path is not None:
+            self.llm.collective_rpc("receive_weights", kwargs={"weights_path": snapshot.path})
+        else:
+            self.llm.collective_rpc("receive_broadcast")
         self.llm.reset_prefix_cache()
         self.policy_version = snapshot.version
         return self.policy_version
+
+    def join_weight_group(self, group: WeightGroupSpec, rank: int, record_digest: bool = False) -> None:
+        """The engine's worker process joins the learner's weight group as `rank` (blocks until all have)."""
+        import ray
+
+        self.llm.collective_rpc(
+            "join_weight_group",
+            kwargs={
+                "host": group.host,
+                "port": group.port,
+                "rank": rank,
+                "world_size": group.world_size,
+                "own_host": ray.util.get_node_ip_address(),
+                "buckets": [[[name, dtype, list(shape)] for name, dtype, shape in b] for b in group.buckets],
+                "record_digest": record_digest,
+            },
+        )
+
+    def received_digest(self) -> dict[str, str]:
+        """sha256 per tensor of the last broadcast received (with `record_digest`)."""
+        return self.llm.collective_rpc("received_digest")[0]
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def get_policy_version(self) -> int:
         return self.policy_version

@@ -12,6 +12,8 @@ HTTP:   POST {route_prefix} with JSON {"prompt_ids": [...], "response_ids": [...
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -44,7 +46,7 @@ class TeacherDeployment:
 
     def score_many(self, requests: list[ScoreRequest], weights: TeacherWeights | None = None) -> list[ScoreResponse]:
         if weights is not None and weights.version != self.scorer.weights_version:
-            self.scorer.load_weights(weights)
+            self.scorer.load_weights(weights.version, _read_weights(weights))
         for request in requests:
             self.scorer.validate(request)
         size = self.max_batch_size
@@ -63,18 +65,39 @@ class TeacherDeployment:
         return Response(encode_response(response), media_type=ARROW_MEDIA_TYPE)
 
 
-def build_app(model_path: str, config: TeacherConfig):
+def _read_weights(weights: TeacherWeights) -> dict:
+    if weights.state is not None:
+        import ray
+
+        return ray.get(weights.state)
+    from safetensors.torch import load_file
+
+    state = {}
+    for file in sorted(Path(weights.path).glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    return state
+
+
+def build_app(model_path: str, config: TeacherConfig, actor_options: dict | None = None):
+    """`actor_options`: extra Ray actor options for every replica (e.g. a label selector that places them)."""
     return TeacherDeployment.options(
         num_replicas=config.num_replicas,
         logging_config={"log_level": config.log_level},
-        ray_actor_options={"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
+        ray_actor_options={
+            "num_cpus": config.num_cpus_per_replica,
+            "num_gpus": config.num_gpus_per_replica,
+            **({"resources": config.resources} if config.resources else {}),
+            **(actor_options or {}),
+        },
     ).bind(model_path, config)
 
 
-def deploy(model_path: str, config: TeacherConfig):
+def deploy(model_path: str, config: TeacherConfig, actor_options: dict | None = None):
     """Starts Serve on `config.http_host:http_port` (loopback by default) and returns the app's handle."""
     serve.start(
         http_options={"host": config.http_host, "port": config.http_port},
         logging_config={"log_level": config.log_level},
     )
-    return serve.run(build_app(model_path, config), name=config.app_name, route_prefix=config.route_prefix)
+    return serve.run(
+        build_app(model_path, config, actor_options), name=config.app_name, route_prefix=config.route_prefix
+    )

@@ -13,6 +13,10 @@ class TeacherConfig(BaseModel):
     num_replicas: int = Field(1, ge=1, description="Serve replicas, each holding a full teacher.")
     num_cpus_per_replica: float = Field(0.5, ge=0.0)
     num_gpus_per_replica: float = Field(0.0, ge=0.0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {teacher: 1} to run only on nodes that advertise them.",
+    )
     num_threads: int = Field(2, ge=1, description="torch intra-op threads per replica (CPU).")
     dtype: Literal["float32", "bfloat16"] = "float32"
     max_batch_size: int = Field(16, ge=1, description="@serve.batch: sequences scored in one forward.")

@@ -6,11 +6,10 @@ Pure torch + transformers, so the Serve deployment is a thin shell around it and
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
-from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse, TeacherWeights
+from teacher_server.types import BadScoreRequest, ScoreRequest, ScoreResponse
 
 
 def _is_int(value) -> bool:
@@ -127,18 +126,16 @@ class TeacherScorer:
         )
 
     # --- weights ---------------------------------------------------------------------------------------------
-    def load_weights(self, weights: TeacherWeights) -> None:
-        """Replaces the weights in place (an EMA teacher's update); a tied LM head follows its embedding."""
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(weights.path) / "model.safetensors"))
+    def load_weights(self, version: int, state: dict) -> None:
+        """Replaces the weights in place with {HF name: tensor} (an EMA teacher's update); a tied LM head follows
+        its embedding."""
         result = self.model.load_state_dict(state, strict=False)
         tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
         if result.unexpected_keys or set(result.missing_keys) - tied:
             raise ValueError(
-                f"teacher weights at {weights.path} do not fit the model: missing {result.missing_keys[:5]}, "
+                f"teacher weights v{version} do not fit the model: missing {result.missing_keys[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}"
             )
         if tied:
             self.model.tie_weights()
-        self.weights_version = weights.version
+        self.weights_version = version

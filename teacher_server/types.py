@@ -14,6 +14,7 @@ All log-probs are of softmax(logits / temperature). Over HTTP a response is an A
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,10 +54,12 @@ class ScoreResponse:
 
 @dataclass(frozen=True)
 class TeacherWeights:
-    """New teacher weights (one safetensors file with HF names, in `path`), e.g. the EMA of the student."""
+    """New teacher weights with HF names, e.g. the EMA of the student: a Ray object ref to {name: tensor} in
+    `state` (readable on any node), or safetensors files in the directory `path` (on the replica's node)."""
 
     version: int
-    path: str
+    path: str | None = None
+    state: Any = None  # ray.ObjectRef
 
 
 class BadScoreRequest(ValueError):

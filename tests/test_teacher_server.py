@@ -139,14 +139,15 @@ def test_every_bad_request_gets_a_400_that_says_why_and_the_server_keeps_serving
 
 
 def test_pushed_weights_replace_the_teacher_and_are_reported(teacher, tmp_path):
-    """The EMA teacher's path: a score_many call naming newer weights makes the replica load them first."""
+    """The EMA teacher's path: a score_many call naming newer weights makes the replica load them first, from the
+    Ray object store (any node) or from files (the replica's node)."""
+    import ray
     from safetensors.torch import save_file
 
     handle, model, _ = teacher
     changed = {name: p.detach().clone() * 0.5 for name, p in model.named_parameters()}
-    save_file(changed, str(tmp_path / "model.safetensors"))
     request = ScoreRequest([1, 2, 3], [4, 5], top_k=None)
-    [scored] = handle.score_many.remote([request], TeacherWeights(7, str(tmp_path))).result()
+    [scored] = handle.score_many.remote([request], TeacherWeights(7, state=ray.put(changed))).result()
     assert scored.weights_version == 7
     halved = type(model)(model.config).eval()
     halved.load_state_dict(changed, strict=False)
@@ -154,5 +155,5 @@ def test_pushed_weights_replace_the_teacher_and_are_reported(teacher, tmp_path):
     np.testing.assert_allclose(scored.full_logprobs, direct_logprobs(halved, [1, 2, 3], [4, 5]).numpy(), atol=1e-5)
     # Put the original weights back for any later test.
     save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(tmp_path / "model.safetensors"))
-    [restored] = handle.score_many.remote([request], TeacherWeights(8, str(tmp_path))).result()
+    [restored] = handle.score_many.remote([request], TeacherWeights(8, path=str(tmp_path))).result()
     np.testing.assert_allclose(restored.full_logprobs, direct_logprobs(model, [1, 2, 3], [4, 5]).numpy(), atol=1e-5)

@@ -1,0 +1,100 @@
+"""Learner → rollout workers: versioned weights, through the transport the placement allows.
+
+- files: rank 0 writes safetensors files (one per bucket) under /dev/shm; every worker reloads them. Only for
+  workers on rank 0's node (a same-node path, even where several Ray nodes share one machine's /dev/shm).
+- broadcast: rank 0 and every engine's worker process form a gloo process group; buckets travel as raw bytes,
+  bit-identical, over the network. Works across nodes; opened once per learner group.
+
+`auto` takes files when every worker runs on rank 0's node and broadcast otherwise. Loads are queued on the
+workers behind the calls already there, so a sync never waits for a generation in flight; `wait()` does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import deque
+from pathlib import Path
+
+import ray
+
+from learner.group import LearnerGroup
+from orchestrator.config import WeightSyncConfig
+from rollout.group import RolloutGroup
+from rollout.types import WeightGroupSpec, WeightSnapshot
+
+
+def same_node_dir() -> str | None:
+    return "/dev/shm" if Path("/dev/shm").is_dir() else None
+
+
+class PolicySync:
+    """One learner group → one rollout group. State: the transport, the loads still in flight."""
+
+    def __init__(self, learner: LearnerGroup, rollout: RolloutGroup, cfg: WeightSyncConfig):
+        self.learner = learner
+        self.rollout = rollout
+        self.cfg = cfg
+        self.transport = cfg.transport
+        if self.transport == "auto":
+            colocated = set(rollout.node_ids()) == {learner.node_id()}
+            self.transport = "files" if colocated and same_node_dir() else "broadcast"
+        self.weights_dir = tempfile.mkdtemp(prefix="dudi-weights-", dir=same_node_dir())
+        self._in_flight: deque[tuple[list, str | None]] = deque()  # (pending loads, directory to delete after)
+        if self.transport == "broadcast":
+            self._open_group()
+
+    def _open_group(self) -> None:
+        host, port, buckets = self.learner.weight_group_plan()
+        group = WeightGroupSpec(
+            host=host,
+            port=port,
+            world_size=1 + len(self.rollout.workers),
+            buckets=[[(s.name, s.dtype, tuple(s.shape)) for s in bucket] for bucket in buckets],
+        )
+        ray.get(
+            self.learner.open_weight_group(host, port, group.world_size)
+            + self.rollout.join_weight_group(group, record_digest=self.cfg.verify)
+        )
+
+    def push(self, version: int) -> None:
+        """Publishes the learner's weights as `version` and queues the load on every worker (no waiting)."""
+        if self.transport == "files":
+            published = self.learner.publish_weights(version, self.weights_dir)
+            pending = self.rollout.load_weights(WeightSnapshot(version, published.path), wait=False)
+            self._in_flight.append((pending, published.path))
+        else:
+            self.learner.broadcast_weights(version)
+            pending = self.rollout.load_weights(WeightSnapshot(version), wait=False)
+            self._in_flight.append((pending, None))
+        self._collect(block=False)
+
+    def wait(self) -> None:
+        """Blocks until every queued load has been applied (and, with `verify`, checks the bytes)."""
+        self._collect(block=True)
+        if self.cfg.verify and self.transport == "broadcast":
+            self.check_identical()
+
+    def check_identical(self) -> None:
+        expected = self.learner.weights_digest()
+        for i, received in enumerate(self.rollout.received_digests()):
+            if received != expected:
+                differ = sorted(n for n in expected if received.get(n) != expected[n])
+                raise RuntimeError(f"rollout worker {i} does not hold the learner's weights: {differ[:5]} differ")
+
+    def _collect(self, block: bool) -> None:
+        """Forgets finished loads (oldest first) and deletes the files no worker will read again."""
+        while self._in_flight:
+            pending, path = self._in_flight[0]
+            if not block and ray.wait(pending, num_returns=len(pending), timeout=0)[1]:
+                return
+            ray.get(pending)
+            self._in_flight.popleft()
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        try:
+            self._collect(block=True)
+        finally:
+            shutil.rmtree(self.weights_dir, ignore_errors=True)
