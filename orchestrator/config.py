@@ -120,7 +120,10 @@ class WeightSyncConfig(BaseModel):
         "process group from learner rank 0 to every engine, any node; auto: files when every worker shares the "
         "learner's node, else broadcast.",
     )
-    verify: bool = Field(False, description="After every broadcast, compare a sha256 of every tensor on both ends.")
+    verify: bool = Field(
+        False,
+        description="After every broadcast, wait for it and compare a sha256 of every tensor on both ends (slow).",
+    )
 
 
 class RayConfig(BaseModel):

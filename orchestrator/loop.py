@@ -45,6 +45,8 @@ class RunResult:
     last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     policy_version: int = 0
     first_step_seconds: float | None = None  # from the start of the run to the end of the first training step
+    nodes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # stage → role → Ray node ids
+    weight_sync: dict[str, dict] = field(default_factory=dict)  # stage → transport, pushes, verified pushes
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Trainer:
         self.teacher: TeacherClient | None = None
         self.teacher_responses: dict[str, list[int]] = {}  # SeqKD: prompt → ŷ ~ π_T(·|x)
         self.version = 0  # the newest policy version pushed to the rollout workers
+        self._stage_first_version = 0
         self.learner_steps = 0
         self.result = RunResult(self.run_dir)
 
@@ -165,6 +168,21 @@ class Trainer:
     # --- stages ----------------------------------------------------------------------------------------------
     def run_stage(self, name: str, stage: StageConfig, objective: ObjectiveConfig, init_path: str) -> str:
         started = time.perf_counter()
+        verbalizer = self.begin_stage(name, objective, init_path, stage.lr)
+        self._train_loop(name, stage, objective, verbalizer, stage_steps(stage, len(self.train_rows)))
+        checkpoint = self.end_stage(name)
+        self.result.stage_seconds[name] = round(time.perf_counter() - started, 1)
+        if self.cfg.eval.at_end_of_stages:
+            label = "cold start (SFT)" if name == "cold_start" else f"{self.cfg.method} student"
+            self.result.accuracy[label] = self._evaluate_rollout()
+            self._say(f"[{name}] eval avg exact match: {self.result.accuracy[label]['avg']:.1f}%")
+        return checkpoint
+
+    def begin_stage(
+        self, name: str, objective: ObjectiveConfig, init_path: str, lr: float | None = None
+    ) -> Verbalizer | None:
+        """Teacher, learner ranks on `init_path`, rollout workers on the same weights, the weight sync between
+        them. Returns the verbalizer the stage's batches are built with."""
         recipe = self.cfg.recipe
         if objective.uses_teacher:
             self._start_teacher(init_path, objective)
@@ -179,7 +197,7 @@ class Trainer:
             learner_cfg,
             init_path,
             init_path if objective.uses_reference else None,
-            stage.lr or learner_cfg.lr,
+            lr or learner_cfg.lr,
             self.tokenizer.pad_token_id,
             self.cfg.seed,
             ema_decay=recipe.ema_decay if ema else None,
@@ -189,13 +207,23 @@ class Trainer:
             self.rollout.load_weights(WeightSnapshot(self.version, init_path))
             self.rollout_weights = init_path
         self.policy_sync = PolicySync(self.learner, self.rollout, self.cfg.weight_sync)
-        verbalizer = self._verbalizer() if objective.uses_teacher else None
-        num_steps = stage_steps(stage, len(self.train_rows))
-        self._train_loop(name, stage, objective, verbalizer, num_steps)
+        self.result.nodes[name] = {"learner": [self.learner.node_id()], "rollout": self.rollout.node_ids()}
+        if self.teacher is not None:
+            self.result.nodes[name]["teacher"] = [self.teacher.node_id()]
+        self._stage_first_version = self.version
+        return self._verbalizer() if objective.uses_teacher else None
+
+    def end_stage(self, name: str) -> str:
+        """Pushes the final weights, saves the checkpoint (HF format), releases learner and teacher."""
         self._stop_teacher()
         if self.version != self.learner_steps:
             self._push_policy()
         self.policy_sync.wait()
+        self.result.weight_sync[name] = {
+            "transport": self.policy_sync.transport,
+            "pushes": self.version - self._stage_first_version,
+            "verified": self.policy_sync.verified,
+        }
         self.policy_sync.close()
         self.policy_sync = None
         checkpoint = str(self.run_dir / name)
@@ -205,11 +233,6 @@ class Trainer:
         self.learner.shutdown()
         self.learner = None
         self.result.checkpoints[name] = checkpoint
-        self.result.stage_seconds[name] = round(time.perf_counter() - started, 1)
-        if self.cfg.eval.at_end_of_stages:
-            label = "cold start (SFT)" if name == "cold_start" else f"{self.cfg.method} student"
-            self.result.accuracy[label] = self._evaluate_rollout()
-            self._say(f"[{name}] eval avg exact match: {self.result.accuracy[label]['avg']:.1f}%")
         return checkpoint
 
     def _train_loop(self, name, stage, objective, verbalizer, num_steps: int) -> None:
@@ -225,14 +248,7 @@ class Trainer:
             disable=not self.progress,
             mininterval=1.0,
         )
-        plan = list(
-            batches(
-                list(range(len(self.train_rows))),
-                stage.batch_size,
-                num_steps,
-                self.cfg.seed + zlib.crc32(name.encode()),
-            )
-        )
+        plan = self.data_order(name, stage.batch_size, num_steps)
         max_staleness = stage.max_staleness if objective.needs_rollouts else 0
         pending: dict = {}
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer:
@@ -264,6 +280,11 @@ class Trainer:
                 prepare_ahead(step)
         bar.close()
 
+    def data_order(self, stage_name: str, batch_size: int, num_steps: int) -> list[list[int]]:
+        """Row ids of every step's batch: shuffled epochs, fixed by the seed and the stage's name."""
+        seed = self.cfg.seed + zlib.crc32(stage_name.encode())
+        return list(batches(list(range(len(self.train_rows))), batch_size, num_steps, seed))
+
     # --- one step: prepare (rollout, teacher) → learn (learner) → push (learner → rollout) ---------------------
     def prepare(self, row_ids: list[int], objective: ObjectiveConfig, verbalizer: Verbalizer | None) -> PreparedBatch:
         """Sample (student), rank (the student's top ids where it did not sample), score (teacher): the batch."""
@@ -284,7 +305,7 @@ class Trainer:
         to_generate = steps.generation_requests(prompts, objective, student_writes)
         if to_generate:
             top_ids = self.teacher.student_top_k if self.teacher is not None else 0
-            spec = self.rollout.sampling_spec(top_ids=top_ids)
+            spec = self.rollout.sampling_spec(top_ids=top_ids, sampling=self.cfg.rollout.sampling)
             rejected, generated = steps.split_generations(self.rollout.generate(to_generate, spec), prompts, objective)
             rollout_stats = steps.rollout_metrics(rejected, generated)
             lap("generate")
@@ -420,6 +441,9 @@ class Trainer:
             "accuracy": self.result.accuracy,
             "stage_seconds": self.result.stage_seconds,
             "policy_version": self.result.policy_version,
+            "first_step_seconds": self.result.first_step_seconds,
+            "weight_sync": self.result.weight_sync,
+            "nodes": self.result.nodes,
         }
         (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2))
         if self.result.accuracy:

@@ -41,6 +41,10 @@ class TeacherClient:
         """Every replica loads `state_ref` ({HF name: tensor} in the object store) before its next scoring."""
         self.weights = TeacherWeights(version, state=state_ref)
 
+    def node_id(self) -> str:
+        """The Ray node of the replica that answers (one of them, with several)."""
+        return self.handle.info.remote().result()["node_id"]
+
     def shutdown(self) -> None:
         from ray import serve
 

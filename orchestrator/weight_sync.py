@@ -41,6 +41,7 @@ class PolicySync:
             self.transport = "files" if colocated and same_node_dir() else "broadcast"
         self.weights_dir = tempfile.mkdtemp(prefix="dudi-weights-", dir=same_node_dir())
         self._in_flight: deque[tuple[list, str | None]] = deque()  # (pending loads, directory to delete after)
+        self.verified = 0  # pushes whose bytes were compared on both ends (with `verify`)
         if self.transport == "broadcast":
             self._open_group()
 
@@ -67,20 +68,23 @@ class PolicySync:
             self.learner.broadcast_weights(version)
             pending = self.rollout.load_weights(WeightSnapshot(version), wait=False)
             self._in_flight.append((pending, None))
+        if self.cfg.verify and self.transport == "broadcast":
+            self._collect(block=True)  # a check, not a fast path: the learner must not move on before it
+            self.check_identical()
         self._collect(block=False)
 
     def wait(self) -> None:
-        """Blocks until every queued load has been applied (and, with `verify`, checks the bytes)."""
+        """Blocks until every queued load has been applied."""
         self._collect(block=True)
-        if self.cfg.verify and self.transport == "broadcast":
-            self.check_identical()
 
     def check_identical(self) -> None:
+        """Every worker received exactly the learner's bytes (sha256 of every tensor on both ends)."""
         expected = self.learner.weights_digest()
         for i, received in enumerate(self.rollout.received_digests()):
             if received != expected:
                 differ = sorted(n for n in expected if received.get(n) != expected[n])
                 raise RuntimeError(f"rollout worker {i} does not hold the learner's weights: {differ[:5]} differ")
+        self.verified += 1
 
     def _collect(self, block: bool) -> None:
         """Forgets finished loads (oldest first) and deletes the files no worker will read again."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from rollout.config import RolloutConfig
+from rollout.config import RolloutConfig, SamplingConfig
 from rollout.types import (
     GenerationRequest,
     GenerationResult,
@@ -44,8 +44,16 @@ class RolloutGroup:
         """Blocks until every engine is up; start-up failures surface here, not at the first generate call."""
         ray.get([w.get_policy_version.remote() for w in self.workers])
 
-    def sampling_spec(self, greedy: bool = False, max_new_tokens: int | None = None, top_ids: int = 0) -> SamplingSpec:
-        s = self.config.sampling
+    def sampling_spec(
+        self,
+        greedy: bool = False,
+        max_new_tokens: int | None = None,
+        top_ids: int = 0,
+        sampling: SamplingConfig | None = None,
+    ) -> SamplingSpec:
+        """`sampling`: the caller's settings (a run sharing these engines may sample differently); default: the
+        group's config."""
+        s = sampling or self.config.sampling
         return SamplingSpec(
             temperature=0.0 if greedy else s.temperature,
             top_k=s.top_k,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ray
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -38,6 +39,7 @@ class TeacherDeployment:
             "vocab_size": self.scorer.vocab_size,
             "max_seq_len": self.scorer.max_seq_len,
             "weights_version": self.scorer.weights_version,
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
