@@ -20,9 +20,11 @@ class LearnerGroup:
         seed: int,
         ema_decay: float | None = None,
         actor_options: list[dict] | None = None,
+        wait: bool = True,
     ):
         """`ema_decay`: keep an EMA of the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra
-        Ray actor options (a placement group bundle, a label selector)."""
+        Ray actor options (a placement group bundle, a label selector); `wait=False` returns while the ranks
+        still load and initialize (call `wait_ready` before using them), so other start-up can overlap."""
         self.config = config
         self.ema_decay = ema_decay
         actor_cls = ray.remote(LearnerRank)
@@ -35,10 +37,18 @@ class LearnerGroup:
             for rank in range(config.num_ranks)
         ]
         master = ray.get(self.ranks[0].address.remote())
-        sizes = ray.get(
-            [r.init_engine.remote(model_path, reference_path, master, lr, pad_id, seed) for r in self.ranks]
-        )
-        self.num_parameters = sizes[0]
+        self._initializing = [
+            r.init_engine.remote(model_path, reference_path, master, lr, pad_id, seed) for r in self.ranks
+        ]
+        self.num_parameters: int | None = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Blocks until every rank's engine is initialized; start-up failures surface here."""
+        if self._initializing:
+            self.num_parameters = ray.get(self._initializing)[0]
+            self._initializing = []
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         world = len(self.ranks)

@@ -120,6 +120,8 @@ class Trainer:
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Ray, the placement, and the rollout engines, which keep starting in the background: the first stage
+        waits for them only after its learner and teacher are on their way."""
         cfg = self.cfg
         if cfg.distill.enabled and self.uses_teacher_model:
             check_shared_vocabulary(cfg.models.student, cfg.models.teacher)
@@ -135,7 +137,6 @@ class Trainer:
             # The teacher's engine starts beside the student's (start-up is mostly single-threaded) and is
             # evaluated and released before training begins.
             self.result.accuracy["teacher"] = self.evaluate_model(cfg.models.teacher)
-        self.rollout.wait_ready()
 
     def close(self) -> None:
         try:
@@ -183,16 +184,16 @@ class Trainer:
     ) -> Verbalizer | None:
         """Teacher, learner ranks on `init_path`, rollout workers on the same weights, the weight sync between
         them. Returns the verbalizer the stage's batches are built with."""
+        if self.placement is None:  # a stage run without start(), on engines someone else started
+            init_ray(self.cfg.ray)
+            self.placement = Placement(self.cfg)
         recipe = self.cfg.recipe
-        if objective.uses_teacher:
-            self._start_teacher(init_path, objective)
-        if objective.uses_on_kd and recipe.on_kd_responses == "teacher":
-            self._generate_teacher_responses()
         ema = objective.uses_teacher and recipe.teacher == "ema"
         learner_cfg = self.cfg.learner.model_copy(update={"objective": objective})
         self._say(
             f"[{name}] starting {learner_cfg.num_ranks} DeepSpeed learner rank(s) (ZeRO-{learner_cfg.zero_stage}) on {init_path}"
         )
+        # Learner ranks, teacher replicas and rollout engines start side by side; each is waited for last.
         self.learner = LearnerGroup(
             learner_cfg,
             init_path,
@@ -202,7 +203,14 @@ class Trainer:
             self.cfg.seed,
             ema_decay=recipe.ema_decay if ema else None,
             actor_options=self.placement.learner_options(),
+            wait=False,
         )
+        if objective.uses_teacher:
+            self._start_teacher(init_path, objective)
+        if objective.uses_on_kd and recipe.on_kd_responses == "teacher":
+            self._generate_teacher_responses()
+        self.rollout.wait_ready()
+        self.learner.wait_ready()
         if objective.needs_rollouts and self.rollout_weights != init_path:
             self.rollout.load_weights(WeightSnapshot(self.version, init_path))
             self.rollout_weights = init_path

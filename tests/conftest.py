@@ -85,3 +85,13 @@ def run(tiny_world, ray_session, serve_port, tmp_path_factory):
     trainer.run_stage("distill", cfg.distill, cfg.objective, cold_start)
     yield trainer
     trainer.close()
+
+
+@pytest.fixture
+def shared_rollout(run):
+    """The session's rollout engines for a test's own trainer; put back on the session run's final weights and
+    version afterwards, so tests that check the `run` fixture's engines do not depend on the order of tests."""
+    from rollout.types import WeightSnapshot
+
+    yield run.rollout
+    run.rollout.load_weights(WeightSnapshot(run.version, run.result.checkpoints["distill"]))

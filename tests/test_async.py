@@ -14,21 +14,21 @@ pytestmark = pytest.mark.e2e
 STEPS = 4
 
 
-def _trainer(run, tiny_world, serve_port, tmp_path, name, **fields):
+def _trainer(shared_rollout, tiny_world, serve_port, tmp_path, name, **fields):
     cfg = e2e_config(tiny_world, tmp_path, serve_port, name=name, **fields)
-    trainer = Trainer(cfg, progress=False, rollout=run.rollout)
+    trainer = Trainer(cfg, progress=False, rollout=shared_rollout)
     trainer.start()
     return trainer
 
 
-def test_max_staleness_zero_reproduces_the_synchronous_losses(run, tiny_world, serve_port, tmp_path):
+def test_max_staleness_zero_reproduces_the_synchronous_losses(run, shared_rollout, tiny_world, serve_port, tmp_path):
     # Greedy rollouts make both runs deterministic, so any difference in what was sampled from which weights
     # shows up in the losses.
     greedy = {"max_model_len": 384, "enforce_eager": True, "sampling": {"max_new_tokens": 12, "temperature": 0.0}}
     stage = {"steps": STEPS, "batch_size": 8, "lr": 1e-2, "max_staleness": 0}
     cold_start = run.result.checkpoints["cold_start"]
 
-    piped = _trainer(run, tiny_world, serve_port, tmp_path, "piped", rollout=greedy, distill=stage)
+    piped = _trainer(shared_rollout, tiny_world, serve_port, tmp_path, "piped", rollout=greedy, distill=stage)
     try:
         piped.run_stage("distill", piped.cfg.distill, piped.cfg.objective, cold_start)
     finally:
@@ -36,7 +36,7 @@ def test_max_staleness_zero_reproduces_the_synchronous_losses(run, tiny_world, s
     piped_losses = [(e["step"], e["loss/total"]) for e in _metrics(piped) if e["stage"] == "distill"]
 
     # The synchronous loop written out: prepare → learn → push → wait for the workers, step after step.
-    serial = _trainer(run, tiny_world, serve_port, tmp_path, "serial", rollout=greedy, distill=stage)
+    serial = _trainer(shared_rollout, tiny_world, serve_port, tmp_path, "serial", rollout=greedy, distill=stage)
     serial_losses = []
     try:
         verbalizer = serial.begin_stage("distill", serial.cfg.objective, cold_start, 1e-2)
@@ -53,10 +53,12 @@ def test_max_staleness_zero_reproduces_the_synchronous_losses(run, tiny_world, s
     assert [loss for _, loss in piped_losses] == pytest.approx([loss for _, loss in serial_losses], rel=1e-6)
 
 
-def test_max_staleness_two_bounds_the_staleness_and_trains_every_prompt_once(run, tiny_world, serve_port, tmp_path):
+def test_max_staleness_two_bounds_the_staleness_and_trains_every_prompt_once(
+    run, shared_rollout, tiny_world, serve_port, tmp_path
+):
     steps = 6
     stage = {"steps": steps, "batch_size": 8, "lr": 1e-2, "max_staleness": 2}
-    trainer = _trainer(run, tiny_world, serve_port, tmp_path, "async", distill=stage)
+    trainer = _trainer(shared_rollout, tiny_world, serve_port, tmp_path, "async", distill=stage)
     try:
         first_version = trainer.version
         trainer.run_stage("distill", trainer.cfg.distill, trainer.cfg.objective, run.result.checkpoints["cold_start"])

@@ -18,11 +18,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_preset_runs_and_logs_exactly_its_terms(method, run, tiny_world, serve_port, tmp_path):
+def test_every_preset_runs_and_logs_exactly_its_terms(method, run, shared_rollout, tiny_world, serve_port, tmp_path):
     cfg = e2e_config(
         tiny_world, tmp_path, serve_port, name=method, method=method, distill={"steps": 2, "batch_size": 8}
     )
-    trainer = Trainer(cfg, progress=False, rollout=run.rollout)
+    trainer = Trainer(cfg, progress=False, rollout=shared_rollout)
     try:
         trainer.run_stage("distill", cfg.distill, cfg.objective, run.result.checkpoints["cold_start"])
     finally:
