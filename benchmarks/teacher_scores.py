@@ -46,13 +46,13 @@ def synthetic_teacher(directory: Path, like: str) -> str:
 def requests_for(sequences, k: int | None, student_top_k: int = STUDENT_TOP_K):
     """The orchestrator's own score requests for (teacher prompt, response, student top ids) triples:
     full rows when k is None, else the teacher's top-k plus the student's top ids and the realized token."""
+    from orchestrator.config import ScoringConfig
     from orchestrator.steps import KdSequences, score_requests
-    from teacher_server.config import TeacherConfig
 
     prompts = [prompt for prompt, _, _ in sequences]
     kd = KdSequences(prompts, prompts, [r for _, r, _ in sequences], [ids for _, _, ids in sequences])
-    config = TeacherConfig(score_format="full" if k is None else "sparse", top_k=k or 1, student_top_k=student_top_k)
-    return score_requests(kd, config, temperature=1.0)
+    scoring = ScoringConfig(format="full" if k is None else "sparse", top_k=k or 1, student_top_k=student_top_k)
+    return score_requests(kd, scoring, temperature=1.0)
 
 
 def measure_formats(model_path: str, sequences, batch_size: int, repeats: int) -> list[dict]:

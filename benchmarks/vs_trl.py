@@ -33,8 +33,8 @@ WARMUP = 3
 VARIANTS = {
     "default-sync": [],
     "default-async": ["distill.max_staleness=1"],
-    "full-zero0-sync": ["teacher.score_format=full", "learner.zero_stage=0"],
-    "full-zero0-async": ["teacher.score_format=full", "learner.zero_stage=0", "distill.max_staleness=1"],
+    "full-zero0-sync": ["scoring.format=full", "learner.zero_stage=0"],
+    "full-zero0-async": ["scoring.format=full", "learner.zero_stage=0", "distill.max_staleness=1"],
 }
 
 

@@ -109,6 +109,20 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(64, ge=1)
 
 
+class ScoringConfig(BaseModel):
+    """What the training loop asks the teacher for, per response position (its request policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["sparse", "full"] = Field(
+        "sparse", description="sparse: top-k + asked-for ids + tail mass; full: whole-vocabulary log-probs (same node)."
+    )
+    top_k: int = Field(64, ge=1, description="Sparse format: the teacher's top-k per position.")
+    student_top_k: int = Field(
+        64, ge=0, description="Sparse format: also score the student's top-k ids (and always the realized token)."
+    )
+
+
 class WeightSyncConfig(BaseModel):
     """How new weights go from learner rank 0 to the rollout workers."""
 
@@ -157,6 +171,7 @@ class RunConfig(BaseModel):
     distill: StageConfig = Field(default_factory=StageConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -182,9 +197,9 @@ class RunConfig(BaseModel):
             )
         if self.recipe.teacher == "ema" and not self.objective.uses_teacher:
             raise ValueError("recipe.teacher=ema needs a distillation term (learner.objective.kd_weight > 0)")
-        if self.teacher.score_format == "sparse" and self.teacher.student_top_k > self.rollout.max_logprobs:
+        if self.scoring.format == "sparse" and self.scoring.student_top_k > self.rollout.max_logprobs:
             raise ValueError(
-                f"teacher.student_top_k ({self.teacher.student_top_k}) is above rollout.max_logprobs "
+                f"scoring.student_top_k ({self.scoring.student_top_k}) is above rollout.max_logprobs "
                 f"({self.rollout.max_logprobs}), the most ids a vLLM engine ranks"
             )
         if self.data.languages:

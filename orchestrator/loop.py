@@ -392,10 +392,10 @@ class Trainer:
         model_path = self.cfg.models.teacher if kind == "model" else init_path
         self._say(
             f"deploying the teacher server (Ray Serve, {self.cfg.teacher.num_replicas} replica(s), "
-            f"{self.cfg.teacher.score_format} scores) on {model_path} [{kind}]"
+            f"{self.cfg.scoring.format} scores) on {model_path} [{kind}]"
         )
         self.teacher = TeacherClient(
-            self.cfg.teacher, model_path, objective.kd_temperature, self.placement.pinned_options()
+            self.cfg.teacher, self.cfg.scoring, model_path, objective.kd_temperature, self.placement.pinned_options()
         )
 
     def _stop_teacher(self) -> None:

@@ -15,7 +15,6 @@ from orchestrator.data import Example
 from orchestrator.tokens import encode_prompt, encode_response
 from orchestrator.verbalizer import Verbalizer
 from rollout.types import GenerationRequest, GenerationResult, TopIdsRequest
-from teacher_server.config import TeacherConfig
 from teacher_server.types import ScoreRequest, ScoreResponse
 
 
@@ -115,16 +114,17 @@ def _extra_ids(response: list[int], top_ids: list[list[int]] | None, width: int)
     return rows
 
 
-def score_requests(sequences: KdSequences, teacher: TeacherConfig, temperature: float) -> list[ScoreRequest]:
-    if teacher.score_format == "full":
+def score_requests(sequences: KdSequences, scoring, temperature: float) -> list[ScoreRequest]:
+    """`scoring`: the run's `ScoringConfig` (format, top_k, student_top_k)."""
+    if scoring.format == "full":
         return [
             ScoreRequest(p, r, top_k=None, temperature=temperature)
             for p, r in zip(sequences.teacher_prompts, sequences.responses, strict=True)
         ]
-    width = teacher.student_top_k + 1
+    width = scoring.student_top_k + 1
     top_ids = sequences.student_top_ids or [None] * len(sequences.responses)
     return [
-        ScoreRequest(p, r, top_k=teacher.top_k, extra_ids=_extra_ids(r, ids, width), temperature=temperature)
+        ScoreRequest(p, r, top_k=scoring.top_k, extra_ids=_extra_ids(r, ids, width), temperature=temperature)
         for p, r, ids in zip(sequences.teacher_prompts, sequences.responses, top_ids, strict=True)
     ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from learner.types import TeacherScores
 from orchestrator import steps
+from orchestrator.config import ScoringConfig
 from teacher_server.config import TeacherConfig
 from teacher_server.types import TeacherWeights
 
@@ -15,26 +16,34 @@ from teacher_server.types import TeacherWeights
 class TeacherClient:
     """State: the Serve handle while deployed, and the newest weights to score with (EMA teacher)."""
 
-    def __init__(self, cfg: TeacherConfig, model_path: str, temperature: float, actor_options: dict | None = None):
+    def __init__(
+        self,
+        cfg: TeacherConfig,
+        scoring: ScoringConfig,
+        model_path: str,
+        temperature: float,
+        actor_options: dict | None = None,
+    ):
         from teacher_server.app import deploy
 
         self.cfg = cfg
+        self.scoring = scoring
         self.temperature = temperature
         self.handle = deploy(model_path, cfg, actor_options)
         self.weights: TeacherWeights | None = None
 
     @property
     def sparse(self) -> bool:
-        return self.cfg.score_format == "sparse"
+        return self.scoring.format == "sparse"
 
     @property
     def student_top_k(self) -> int:
         """How many of the student's most likely ids to ask the teacher about, per position (0 = none)."""
-        return self.cfg.student_top_k if self.sparse else 0
+        return self.scoring.student_top_k if self.sparse else 0
 
     def score(self, sequences: steps.KdSequences) -> PendingScores:
         """Sends one KD set without waiting; the teacher scores it with the newest pushed weights."""
-        requests = steps.score_requests(sequences, self.cfg, self.temperature)
+        requests = steps.score_requests(sequences, self.scoring, self.temperature)
         return PendingScores(requests, self.handle.score_many.remote(requests, self.weights))
 
     def push_weights(self, version: int, state_ref) -> None:

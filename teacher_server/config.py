@@ -22,13 +22,6 @@ class TeacherConfig(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="@serve.batch: sequences scored in one forward.")
     batch_wait_timeout_s: float = Field(0.01, ge=0.0)
     max_seq_len: int = Field(1024, ge=2, description="Longest prompt + response accepted.")
-    score_format: Literal["sparse", "full"] = Field(
-        "sparse", description="sparse: top-k + asked-for ids + tail mass; full: whole-vocabulary log-probs (same node)."
-    )
-    top_k: int = Field(64, ge=1, description="Sparse format: the teacher's top-k per position.")
-    student_top_k: int = Field(
-        64, ge=0, description="Sparse format: also score the student's top-k ids (and always the realized token)."
-    )
     http_host: str = Field("127.0.0.1", description="Serve HTTP bind address; loopback unless you mean it.")
     http_port: int = Field(8321, ge=1, le=65535)
     route_prefix: str = Field("/teacher", pattern=r"^/")

@@ -65,7 +65,8 @@ def e2e_config(tiny_world: Path, output_dir: Path, serve_port: int, **fields):
         "cold_start": {"steps": COLD_START_STEPS, "batch_size": 8, "lr": 1e-2},
         "distill": {"steps": DISTILL_STEPS, "batch_size": 8, "lr": 1e-2},
         "rollout": {"max_model_len": 384, "enforce_eager": True, "sampling": {"max_new_tokens": 12}},
-        "teacher": {"max_seq_len": 384, "http_port": serve_port, "top_k": 16, "student_top_k": 16},
+        "teacher": {"max_seq_len": 384, "http_port": serve_port},
+        "scoring": {"top_k": 16, "student_top_k": 16},
         "eval": {"at_end_of_stages": False, "max_new_tokens": 12},
     }
     for key, value in fields.items():

@@ -59,8 +59,6 @@ def main(tiny_world: Path, out: Path) -> dict:
                     "num_threads": 1,
                     "max_seq_len": 384,
                     "http_port": serve_port,
-                    "top_k": 16,
-                    "student_top_k": 16,
                 },
                 weight_sync={"transport": "broadcast", "verify": True},
                 distill={"steps": 2, "batch_size": 8, "lr": 1e-2},

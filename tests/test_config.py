@@ -172,4 +172,4 @@ def test_recipe_rules(tmp_path):
     with pytest.raises(ConfigError, match="verbalizer.mode=none"):
         load_config(write(tmp_path, MINIMAL), ["method=seqkd", "verbalizer.mode=english"])
     with pytest.raises(ConfigError, match="student_top_k"):
-        load_config(write(tmp_path, MINIMAL), ["teacher.student_top_k=100"])
+        load_config(write(tmp_path, MINIMAL), ["scoring.student_top_k=100"])

@@ -21,7 +21,7 @@ def test_every_dudi_loss_term_is_present_and_finite(run):
     metrics = run.result.last_metrics["distill"]
     for key in ("loss/spin", "loss/off_kd", "loss/on_kd", "loss/total", "train/grad_norm", "diag/topk_overlap_on"):
         assert key in metrics and math.isfinite(metrics[key]), key
-    assert run.cfg.teacher.score_format == "sparse"  # the default the demo runs with
+    assert run.cfg.scoring.format == "sparse"  # the default the demo runs with
     o = run.cfg.objective
     expected = o.alpha * metrics["loss/spin"] + (1 - o.lam) * metrics["loss/off_kd"] + o.lam * metrics["loss/on_kd"]
     assert metrics["loss/total"] == pytest.approx(expected, rel=1e-5)
