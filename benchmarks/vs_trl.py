@@ -35,6 +35,14 @@ VARIANTS = {
     "default-async": ["distill.max_staleness=1"],
     "full-zero0-sync": ["scoring.format=full", "learner.zero_stage=0"],
     "full-zero0-async": ["scoring.format=full", "learner.zero_stage=0", "distill.max_staleness=1"],
+    # vLLM's CPU worker binds itself to core 0: one thread each for learner and teacher keeps them off each other.
+    "full-zero0-async-1thread": [
+        "scoring.format=full",
+        "learner.zero_stage=0",
+        "distill.max_staleness=1",
+        "learner.num_threads=1",
+        "teacher.num_threads=1",
+    ],
 }
 
 

@@ -45,6 +45,7 @@ class RunResult:
     last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     policy_version: int = 0
     first_step_seconds: float | None = None  # from the start of the run to the end of the first training step
+    startup: dict[str, float] = field(default_factory=dict)  # seconds from the start of the run until each was ready
     nodes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # stage → role → Ray node ids
     weight_sync: dict[str, dict] = field(default_factory=dict)  # stage → transport, pushes, verified pushes
 
@@ -126,6 +127,7 @@ class Trainer:
         if cfg.distill.enabled and self.uses_teacher_model:
             check_shared_vocabulary(cfg.models.student, cfg.models.teacher)
         init_ray(cfg.ray)
+        self._mark("ray")
         self.placement = Placement(cfg)
         if self.owns_rollout:
             self._say(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s) on {cfg.models.student}")
@@ -207,10 +209,13 @@ class Trainer:
         )
         if objective.uses_teacher:
             self._start_teacher(init_path, objective)
+            self._mark("teacher")
         if objective.uses_on_kd and recipe.on_kd_responses == "teacher":
             self._generate_teacher_responses()
         self.rollout.wait_ready()
+        self._mark("rollout")
         self.learner.wait_ready()
+        self._mark("learner")
         if objective.needs_rollouts and self.rollout_weights != init_path:
             self.rollout.load_weights(WeightSnapshot(self.version, init_path))
             self.rollout_weights = init_path
@@ -282,7 +287,8 @@ class Trainer:
                 )
                 self.result.last_metrics[name] = metrics
                 if self.result.first_step_seconds is None:
-                    self.result.first_step_seconds = round(time.perf_counter() - self.started, 1)
+                    self.result.first_step_seconds = self._mark("first_step")
+                    self._say("ready after (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.result.startup.items()))
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k.startswith("loss/")})
                 prepare_ahead(step)
@@ -450,6 +456,7 @@ class Trainer:
             "stage_seconds": self.result.stage_seconds,
             "policy_version": self.result.policy_version,
             "first_step_seconds": self.result.first_step_seconds,
+            "startup": self.result.startup,
             "weight_sync": self.result.weight_sync,
             "nodes": self.result.nodes,
         }
@@ -457,6 +464,10 @@ class Trainer:
         if self.result.accuracy:
             table = format_table(self.result.accuracy, self.languages)
             (self.run_dir / "results.md").write_text(table + "\n")
+
+    def _mark(self, event: str) -> float:
+        """Seconds from the start of the run until `event` first happened (the start-up profile)."""
+        return self.result.startup.setdefault(event, round(time.perf_counter() - self.started, 1))
 
     def _say(self, text: str) -> None:
         if self.progress:
