@@ -56,14 +56,17 @@ class RolloutWorker:
             logprobs=spec.top_ids,  # 0: the sampled token's log-prob only
             seed=spec.seed,
             detokenize=False,  # callers decode what they need; detokenizing 64 candidates per token costs seconds
+            flat_logprobs=True,  # a few flat lists per request instead of one dict of Logprob objects per id
         )
         outputs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False)
         results = []
         for request, output in zip(requests, outputs, strict=True):
             completion = output.outputs[0]
             token_ids = list(completion.token_ids)
-            steps = completion.logprobs or []
-            logprobs = [step[token].logprob for step, token in zip(steps, token_ids, strict=False)]
+            flat = completion.logprobs
+            positions = range(len(flat.start_indices)) if flat is not None else range(0)
+            # vLLM lays out each position as [sampled token, top 1, ..., top k].
+            logprobs = [flat.logprobs[flat.start_indices[t]] for t in positions]
             results.append(
                 GenerationResult(
                     prompt_ids=request.prompt_ids,
@@ -71,7 +74,7 @@ class RolloutWorker:
                     response_logprobs=logprobs,
                     finished=completion.finish_reason == "stop",
                     policy_version=self.policy_version,
-                    top_ids=[_ranked_ids(step, spec.top_ids) for step in steps] if spec.top_ids else None,
+                    top_ids=[_top_ids(flat, t, spec.top_ids) for t in positions] if spec.top_ids else None,
                 )
             )
         return results
@@ -80,15 +83,16 @@ class RolloutWorker:
         """The policy's n most likely ids at every response position of given sequences (a prefill only)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=n, temperature=0.0, detokenize=False)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=n, temperature=0.0, detokenize=False, flat_logprobs=True)
         outputs = self.llm.generate(
             [{"prompt_token_ids": r.prompt_ids + r.response_ids} for r in requests], params, use_tqdm=False
         )
         ranked = []
         for request, output in zip(requests, outputs, strict=True):
-            # prompt_logprobs[j] ranks the candidates for token j of prompt + response (entry 0 is None).
+            # Position j ranks the candidates for token j of prompt + response (position 0 is empty).
+            flat = output.prompt_logprobs
             start = len(request.prompt_ids)
-            ranked.append([_ranked_ids(step, n) for step in output.prompt_logprobs[start:]])
+            ranked.append([_top_ids(flat, j, n) for j in range(start, start + len(request.response_ids))])
         return ranked
 
     def load_weights(self, snapshot: WeightSnapshot) -> int:
@@ -130,7 +134,8 @@ class RolloutWorker:
         return self.policy_version
 
 
-def _ranked_ids(step: dict, n: int) -> list[int]:
-    """vLLM's per-position {id: Logprob} (the top n plus the chosen token) → the top n ids, best first."""
-    ranked = sorted((entry.rank, token) for token, entry in step.items() if entry.rank is not None and entry.rank <= n)
-    return [token for _, token in ranked]
+def _top_ids(flat, position: int, n: int) -> list[int]:
+    """The policy's n most likely ids at `position`, best first, from vLLM's flat log-probs, which hold for each
+    position [the sampled (or given) token, top 1, ..., top k]."""
+    first = flat.start_indices[position] + 1
+    return flat.token_ids[first : min(first + n, flat.end_indices[position])]

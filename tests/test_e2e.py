@@ -72,3 +72,33 @@ def test_eval_reports_every_language(run):
     scores = run._evaluate_rollout()
     assert set(scores) == {r.lang for r in run.eval_rows} | {"avg"}
     assert all(0.0 <= v <= 100.0 for v in scores.values())
+
+
+def test_student_top_ids_and_logprobs_match_a_transformers_forward(run):
+    """The ids the teacher is asked about: the policy's top-n at every sampled position (from sampling) and at every
+    position of a given response (a prefill), best first, with the sampled token's log-prob."""
+    from transformers import AutoModelForCausalLM
+
+    from rollout.types import TopIdsRequest
+
+    model = AutoModelForCausalLM.from_pretrained(run.result.checkpoints["distill"]).eval()
+    prompts = [encode_prompt(run.tokenizer, row.prompt) for row in run.eval_rows[:4]]
+    n = 8
+    spec = run.rollout.sampling_spec(greedy=True, max_new_tokens=6, top_ids=n)
+    sampled = run.rollout.generate([GenerationRequest(p) for p in prompts], spec)
+    ranked = run.rollout.rank_ids([TopIdsRequest(p, r.response_ids) for p, r in zip(prompts, sampled, strict=True)], n)
+    checked = 0
+    for prompt, result, ranks in zip(prompts, sampled, ranked, strict=True):
+        response = result.response_ids
+        assert len(result.top_ids) == len(ranks) == len(result.response_logprobs) == len(response) > 0
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for t, row in enumerate(logits):
+            values, order = row.sort(descending=True)
+            assert result.response_logprobs[t] == pytest.approx(logprobs[t, response[t]].item(), abs=1e-4)
+            if values[n - 1] - values[n] > 1e-3 and (values[:n].diff().abs() > 1e-3).all():
+                expected = order[:n].tolist()
+                assert result.top_ids[t] == expected and ranks[t] == expected
+                checked += 1
+    assert checked > 0
