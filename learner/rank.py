@@ -90,8 +90,9 @@ class LearnerRank:
         )
         self.pad_id = pad_id
         if self.ema_decay is not None:
-            state = self._full_state_dict()
-            self.ema = {name: t.float() for name, t in state.items()} if self.rank == 0 else None
+            # Every rank iterates (the gathers are collective under ZeRO-3); only rank 0's buckets hold tensors.
+            ema = {spec.name: t.float() for bucket in self._buckets() for spec, t in bucket}
+            self.ema = ema if self.rank == 0 else None
         return sum(p.numel() for p in model.parameters())
 
     def _deepspeed_config(self) -> dict:
@@ -143,17 +144,16 @@ class LearnerRank:
 
         if self.bucket_plan is None:
             self.bucket_plan = plan_buckets(self.engine.module, self.config.publish_bucket_mib << 20)
-        return gathered_buckets(self.engine.module, self.bucket_plan, self.config.zero_stage == 3)
+        return gathered_buckets(self.engine.module, self.bucket_plan, self.config.zero_stage == 3, copy=self.rank == 0)
 
     def _update_ema(self, decay: float) -> None:
         import torch
 
-        state = self._full_state_dict()  # collective under ZeRO-3: every rank gathers, rank 0 keeps the EMA
-        if self.rank != 0:
-            return
+        # Bucket by bucket (collective under ZeRO-3: every rank gathers, rank 0 keeps the EMA).
         with torch.no_grad():
-            for name, value in state.items():
-                self.ema[name].mul_(decay).add_(value.float(), alpha=1.0 - decay)
+            for bucket in self._buckets():
+                for spec, value in bucket:
+                    self.ema[spec.name].mul_(decay).add_(value.float(), alpha=1.0 - decay)
 
     def publish_weights(self, version: int, directory: str) -> PublishedWeights | None:
         """Writes the full weights as safetensors files, one per bucket (rank 0), into `{directory}/v{version}`,

@@ -48,10 +48,11 @@ def plan_buckets(module, bucket_bytes: int) -> list[list[TensorSpec]]:
 
 
 def gathered_buckets(
-    module, buckets: list[list[TensorSpec]], zero3: bool
+    module, buckets: list[list[TensorSpec]], zero3: bool, copy: bool = True
 ) -> Iterator[list[tuple[TensorSpec, torch.Tensor]]]:
     """Full CPU copies of each bucket's parameters. Under ZeRO-3 every rank must iterate (gathering is
-    collective); each bucket is released before the next one is gathered."""
+    collective); each bucket is released before the next one is gathered. `copy=False` (ranks that only take part
+    in the gathers) yields empty buckets."""
     import deepspeed
 
     params = dict(module.named_parameters())
@@ -59,7 +60,9 @@ def gathered_buckets(
         members = [params[spec.name] for spec in bucket]
         with deepspeed.zero.GatheredParameters(members, modifier_rank=None, enabled=zero3):
             yield [
-                (spec, p.detach().to("cpu", copy=True).contiguous()) for spec, p in zip(bucket, members, strict=True)
+                (spec, p.detach().to("cpu", copy=True).contiguous())
+                for spec, p in zip(bucket, members, strict=True)
+                if copy
             ]
 
 
