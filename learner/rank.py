@@ -188,15 +188,13 @@ class LearnerRank:
 
         return ray.get_runtime_context().get_node_id()
 
-    def open_weight_group(self, host: str, port: int, world_size: int) -> list | None:
-        """Rank 0 becomes rank 0 of a group with `world_size - 1` consumers (they join concurrently); returns the
-        bucket plan every broadcast follows. Other ranks only take part in the gathers."""
+    def open_weight_group(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 becomes rank 0 of a group with `world_size - 1` consumers (they join concurrently); broadcasts
+        follow the bucket plan of `weight_group_plan`. Other ranks only take part in the gathers."""
         from learner.weight_sync import WeightBroadcaster
 
-        self._buckets()  # fixes the plan
         if self.rank == 0:
             self.broadcaster = WeightBroadcaster(host, port, world_size)
-        return self.bucket_plan if self.rank == 0 else None
 
     def broadcast_weights(self, version: int) -> PublishedWeights | None:
         """Posts this version's buckets to the weight group; returns once they are copied out, not received."""

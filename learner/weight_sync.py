@@ -20,12 +20,6 @@ import torch
 
 from learner.types import TensorSpec
 
-DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -91,7 +85,6 @@ class WeightBroadcaster:
         options._timeout = timeout
         options._devices = [ProcessGroupGloo.create_device(hostname=host)]
         self.group = ProcessGroupGloo(self.store, 0, world_size, options)
-        self.world_size = world_size
         self._in_flight: list = []  # (work, buffer) of the last version, until every consumer has it
 
     def send(self, bucket: list[tuple[TensorSpec, torch.Tensor]]) -> None:

@@ -44,8 +44,8 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     policy_version: int = 0
-    first_step_seconds: float | None = None  # from the start of the run to the end of the first training step
-    startup: dict[str, float] = field(default_factory=dict)  # seconds from the start of the run until each was ready
+    # Seconds from the start of the run until each was ready: ray, teacher, rollout, learner, first_step.
+    startup: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # stage → role → Ray node ids
     weight_sync: dict[str, dict] = field(default_factory=dict)  # stage → transport, pushes, verified pushes
 
@@ -286,8 +286,8 @@ class Trainer:
                     name, step, self.learner_steps - 1, prepared.sample_ids, prepared.batch.policy_versions
                 )
                 self.result.last_metrics[name] = metrics
-                if self.result.first_step_seconds is None:
-                    self.result.first_step_seconds = self._mark("first_step")
+                if "first_step" not in self.result.startup:
+                    self._mark("first_step")
                     self._say("ready after (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.result.startup.items()))
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k.startswith("loss/")})
@@ -455,7 +455,7 @@ class Trainer:
             "accuracy": self.result.accuracy,
             "stage_seconds": self.result.stage_seconds,
             "policy_version": self.result.policy_version,
-            "first_step_seconds": self.result.first_step_seconds,
+            "first_step_seconds": self.result.startup.get("first_step"),
             "startup": self.result.startup,
             "weight_sync": self.result.weight_sync,
             "nodes": self.result.nodes,
