@@ -124,9 +124,9 @@ def rkl_exactness(student: str, teacher: str, settings: dict[str, list[tuple]], 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from learner.chunked import response_states
     from learner.config import ObjectiveConfig
-    from learner.losses import kd_divergence, response_logits
-    from learner.objective import masked_mean
+    from learner.losses import kd_per_token
     from learner.packing import pack, pad_teacher_scores
     from learner.types import TokenSequences
     from orchestrator.steps import teacher_scores
@@ -154,9 +154,9 @@ def rkl_exactness(student: str, teacher: str, settings: dict[str, list[tuple]], 
                 requests = requests_for(seqs, k, STUDENT_TOP_K if with_student else 0)
                 scores = teacher_scores(requests, scorer.score(requests))
                 model.zero_grad()
-                logits = response_logits(model, packed)
-                padded = pad_teacher_scores(scores, packed.response_width)
-                loss = masked_mean(kd_divergence(cfg, logits, padded), packed.response_mask)
+                states = response_states(model, packed, chunk_size=1024)
+                divergence, _ = kd_per_token(cfg, states, pad_teacher_scores(scores, packed.response_width))
+                loss = divergence.mean()
                 loss.backward()
                 results[name]["loss"] += weight * loss.item()
                 for acc, p in zip(results[name]["grad"], params, strict=True):

@@ -92,6 +92,12 @@ class LearnerConfig(BaseModel):
     publish_bucket_mib: int = Field(
         64, ge=1, description="Weights leave the learner in buckets of this size (gathered one at a time under ZeRO-3)."
     )
+    loss_chunk_size: int = Field(
+        1024,
+        ge=1,
+        description="Response positions per chunk of the LM head and every full-vocabulary loss term: a chunk's "
+        "logits (chunk × vocabulary floats) are the largest tensor the loss holds, recomputed in backward.",
+    )
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
 
     @model_validator(mode="after")

@@ -2,7 +2,9 @@
 
 L = CE(x, y) [sft | dft] + α·SPIN(x, y, y') + kd_weight·[(1−λ)·D(x, y) + λ·D(p_z, ỹ | teacher saw z)]
 
-Each term is computed only when its weight is non-zero, and logged as `loss/<term>`.
+Each term is computed only when its weight is non-zero, and logged as `loss/<term>`. Forwards return the final
+hidden states of the response positions (`chunked.ResponseStates`); every term that needs the vocabulary maps
+over chunks of positions (`chunked.map_chunks`), so no [B, R, V] logits tensor ever exists.
 """
 
 from __future__ import annotations
@@ -13,26 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from learner import objective
+from learner.chunked import ResponseStates, map_chunks
 from learner.config import ObjectiveConfig
 from learner.packing import PackedSequences, PaddedTeacherScores, concat, pack, pad_teacher_scores
 from learner.types import TrainBatch
 
-# packed sequences → logits of the response positions, [B, R, V]
-ForwardFn = Callable[[PackedSequences], torch.Tensor]
+# packed sequences → the final hidden states of their response positions (see chunked.response_states)
+ForwardFn = Callable[[PackedSequences], ResponseStates]
 
 TOPK_OVERLAP_K = 8
-
-
-def response_logits(model, packed: PackedSequences) -> torch.Tensor:
-    """A causal LM's logits for the response positions only (`logits_to_keep` skips the prompt's LM head)."""
-    device = next(model.parameters()).device
-    out = model(
-        input_ids=packed.input_ids.to(device),
-        attention_mask=packed.attention_mask.to(device),
-        position_ids=packed.position_ids.to(device),
-        logits_to_keep=packed.response_width,
-    )
-    return out.logits
 
 
 def compute_loss(
@@ -45,7 +36,9 @@ def compute_loss(
     _check_inputs(cfg, batch, reference_forward is not None)
     chosen = pack(batch.chosen, pad_id)
     # Each group gets its own forward: padding x-prompts to the longest verbalized p_z would waste most of it.
-    chosen_logits = policy_forward(chosen) if _needs_chosen_forward(cfg) else None
+    chosen_states = policy_forward(chosen) if _needs_chosen_forward(cfg) else None
+    # log π_θ(y_t) serves both the cross-entropy and SPIN's chosen sequence log-prob: one pass over the chunks.
+    chosen_logps = label_logprobs(chosen_states, chosen) if cfg.cross_entropy != "none" or cfg.alpha > 0 else None
     total = torch.zeros(())
     metrics: dict[str, float] = {}
 
@@ -55,15 +48,15 @@ def compute_loss(
         metrics[f"loss/{name}"] = value.item()
 
     if cfg.cross_entropy != "none":
-        labels, mask = chosen.labels.to(chosen_logits.device), chosen.response_mask.to(chosen_logits.device)
-        loss_fn = objective.sft_loss if cfg.cross_entropy == "sft" else objective.dft_loss
-        add(cfg.cross_entropy, 1.0, loss_fn(chosen_logits, labels, mask))
+        add(cfg.cross_entropy, 1.0, _mean(objective.cross_entropy_per_token(chosen_logps, cfg.cross_entropy)))
     if cfg.alpha > 0:
-        spin, spin_metrics = _spin_term(cfg, batch, chosen, chosen_logits, policy_forward, reference_forward, pad_id)
+        spin, spin_metrics = _spin_term(
+            cfg, batch, chosen_states, chosen_logps, policy_forward, reference_forward, pad_id
+        )
         add("spin", cfg.alpha, spin)
         metrics.update(spin_metrics)
     if cfg.uses_off_kd:
-        off_kd, overlap = _kd_term(cfg, chosen_logits, batch.chosen_teacher, chosen)
+        off_kd, overlap = _kd_term(cfg, chosen_states, batch.chosen_teacher, chosen)
         add("off_kd", cfg.kd_weight * (1 - cfg.lam), off_kd)
         metrics["diag/topk_overlap_off"] = overlap
     if cfg.uses_on_kd:
@@ -73,6 +66,19 @@ def compute_loss(
         metrics["diag/topk_overlap_on"] = overlap
     metrics["loss/total"] = total.item()
     return total, metrics
+
+
+def _mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over the real response positions of a batch (0 when there are none)."""
+    return values.sum() / max(values.numel(), 1)
+
+
+def label_logprobs(states: ResponseStates, packed: PackedSequences) -> torch.Tensor:
+    """log π(y_t | ·) at every real response position [M]."""
+    (logps,) = map_chunks(
+        states, lambda logits, labels: (objective.token_logprobs(logits, labels),), states.select(packed.labels)
+    )
+    return logps
 
 
 def _needs_chosen_forward(cfg: ObjectiveConfig) -> bool:
@@ -92,16 +98,18 @@ CLOSURE_TOLERANCE = 1e-3
 
 
 def kd_divergence(cfg: ObjectiveConfig, student_logits: torch.Tensor, teacher: PaddedTeacherScores) -> torch.Tensor:
-    """Per-position D(π_T, π_θ) [B, R] from full or sparse teacher scores (the teacher already applied τ)."""
+    """Per-position D(π_T, π_θ) [...] from full or sparse teacher scores (the teacher already applied τ);
+    the teacher's tensors share the logits' leading shape."""
     if abs(teacher.temperature - cfg.kd_temperature) > 1e-6:
         raise ValueError(
             f"teacher scores were computed at temperature {teacher.temperature}; the objective uses {cfg.kd_temperature}"
         )
-    student_logits = student_logits.float()
+    student_logits = objective.at_least_float32(student_logits)
     tau = cfg.kd_temperature
     if teacher.full is not None:
         student_logprobs = F.log_softmax(student_logits / tau, dim=-1)
-        return objective.divergence_from_logprobs(student_logprobs, teacher.full, cfg.divergence, cfg.jsd_beta)
+        teacher_logprobs = teacher.full.to(student_logprobs.dtype)
+        return objective.divergence_from_logprobs(student_logprobs, teacher_logprobs, cfg.divergence, cfg.jsd_beta)
     return objective.sparse_token_divergence(
         student_logits,
         teacher.support_ids,
@@ -113,40 +121,57 @@ def kd_divergence(cfg: ObjectiveConfig, student_logits: torch.Tensor, teacher: P
     )
 
 
+_TEACHER_FIELDS = ("full", "support_ids", "support_logprobs", "tail_logprob", "topk_ids")
+
+
+def kd_per_token(
+    cfg: ObjectiveConfig, states: ResponseStates, teacher: PaddedTeacherScores
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """D(π_T, π_θ) and the top-k overlap at every real response position ([M] each), chunk by chunk."""
+    present = [name for name in _TEACHER_FIELDS if getattr(teacher, name) is not None]
+
+    def per_chunk(logits: torch.Tensor, *fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = PaddedTeacherScores(**dict(zip(present, fields, strict=True)), temperature=teacher.temperature)
+        divergence = kd_divergence(cfg, logits, chunk)
+        with torch.no_grad():
+            top_ids = chunk.topk_ids if chunk.full is None else chunk.full.topk(TOPK_OVERLAP_K, dim=-1).indices
+            hits = objective.topk_hits(logits, top_ids, TOPK_OVERLAP_K)
+        return divergence, hits
+
+    return map_chunks(states, per_chunk, *(states.select(getattr(teacher, name)) for name in present))
+
+
 def _kd_term(
-    cfg: ObjectiveConfig, student_logits: torch.Tensor, teacher_rows, packed: PackedSequences
+    cfg: ObjectiveConfig, states: ResponseStates, teacher_rows, packed: PackedSequences
 ) -> tuple[torch.Tensor, float]:
-    device = student_logits.device
-    teacher = pad_teacher_scores(teacher_rows, packed.response_width).to(device)
-    mask = packed.response_mask.to(device)
+    teacher = pad_teacher_scores(teacher_rows, packed.response_width).to(states.hidden.device)
     if teacher.full is None:
+        mask = states.mask
         closure = objective.sparse_closure_error(teacher.support_ids, teacher.support_logprobs, teacher.tail_logprob)
         worst = float((closure * mask).max()) if mask.any() else 0.0
         if worst > CLOSURE_TOLERANCE:
             raise ValueError(f"sparse teacher scores do not sum to 1 (|log mass| up to {worst:.2e})")
-    per_token = kd_divergence(cfg, student_logits, teacher)
-    with torch.no_grad():
-        if teacher.full is not None:
-            overlap = objective.topk_overlap(student_logits, teacher.full, mask, TOPK_OVERLAP_K)
-        else:
-            overlap = objective.topk_overlap_with_ids(student_logits, teacher.topk_ids, mask, TOPK_OVERLAP_K)
-    return objective.masked_mean(per_token, mask), overlap.item()
+    divergence, hits = kd_per_token(cfg, states, teacher)
+    return _mean(divergence), _mean(hits).item()
 
 
-def _sequence_logps(logits: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
-    return objective.sequence_logprob(logits, packed.labels.to(logits.device), packed.response_mask.to(logits.device))
+def _sequence_logps(states: ResponseStates, token_logps: torch.Tensor) -> torch.Tensor:
+    """log π(y|x) per sequence [B] from the per-position log-probs [M]."""
+    return states.scatter(token_logps).sum(-1)
 
 
 def _spin_term(
-    cfg, batch: TrainBatch, chosen: PackedSequences, chosen_logits, policy_forward, reference_forward, pad_id
+    cfg, batch: TrainBatch, chosen_states: ResponseStates, chosen_logps, policy_forward, reference_forward, pad_id
 ):
     rejected = pack(batch.rejected, pad_id)
-    policy_chosen = _sequence_logps(chosen_logits, chosen)
-    policy_rejected = _sequence_logps(policy_forward(rejected), rejected)
+    rejected_states = policy_forward(rejected)
+    policy_chosen = _sequence_logps(chosen_states, chosen_logps)
+    policy_rejected = _sequence_logps(rejected_states, label_logprobs(rejected_states, rejected))
     with torch.no_grad():
         # chosen and rejected share the prompt x, so one padded reference forward serves both.
         both = pack(concat(batch.chosen, batch.rejected), pad_id)
-        ref_logps = _sequence_logps(reference_forward(both), both)
+        reference_states = reference_forward(both)
+        ref_logps = _sequence_logps(reference_states, label_logprobs(reference_states, both))
     n = len(batch.chosen)
     ref_chosen, ref_rejected = ref_logps[:n], ref_logps[n:]
     losses = objective.spin_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.spin_beta)

@@ -72,12 +72,18 @@ def token_divergence(
 
 
 def _first_occurrences(support_ids: torch.Tensor) -> torch.Tensor:
-    """True where an id is ≥ 0 and does not already appear earlier in its row [..., S]."""
+    """True where an id is ≥ 0 and does not already appear earlier in its row [..., S].
+
+    Sort-based, O(S log S) per row: after a stable sort, an id equal to its left neighbour is a repeat, and
+    stability makes the first of each run the earliest occurrence in the original order.
+    """
     valid = support_ids >= 0
-    size = support_ids.size(-1)
-    same = support_ids.unsqueeze(-1) == support_ids.unsqueeze(-2)  # [..., S, S]: entry i vs entry j
-    earlier = torch.ones(size, size, dtype=torch.bool, device=support_ids.device).tril(-1)
-    repeated = (same & earlier & valid.unsqueeze(-2)).any(-1)
+    if support_ids.size(-1) == 0:
+        return valid
+    ordered, order = torch.sort(support_ids, dim=-1, stable=True)
+    repeat_in_order = torch.zeros_like(valid)
+    repeat_in_order[..., 1:] = ordered[..., 1:] == ordered[..., :-1]
+    repeated = torch.zeros_like(valid).scatter_(-1, order, repeat_in_order)
     return valid & ~repeated
 
 
@@ -138,10 +144,15 @@ def sparse_closure_error(
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log π(label_t | ·) per position [B, T]; labels outside the vocabulary (padding) give 0."""
+    """log π(label_t | ·) per position [..., T]; padding labels are clamped into the vocabulary (mask them out)."""
     safe_labels = labels.clamp(min=0, max=logits.size(-1) - 1)
-    picked = torch.gather(F.log_softmax(logits.float(), dim=-1), -1, safe_labels.unsqueeze(-1)).squeeze(-1)
-    return picked
+    logprobs = F.log_softmax(at_least_float32(logits), dim=-1)
+    return torch.gather(logprobs, -1, safe_labels.unsqueeze(-1)).squeeze(-1)
+
+
+def at_least_float32(values: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits are reduced in fp32; float64 (the exactness tests) stays float64."""
+    return values if values.dtype == torch.float64 else values.float()
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -167,26 +178,38 @@ def spin_loss(
     return -F.logsigmoid(beta * margin)
 
 
+def cross_entropy_per_token(token_logps: torch.Tensor, kind: Literal["sft", "dft"]) -> torch.Tensor:
+    """SFT: −log π(y_t); DFT: the same weighted by the stop-gradient of π(y_t)."""
+    if kind == "sft":
+        return -token_logps
+    if kind == "dft":
+        return -token_logps * token_logps.detach().exp()
+    raise ValueError(f"unknown cross-entropy kind {kind!r}; expected sft or dft")
+
+
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy on response tokens, mean over tokens."""
-    return masked_mean(-token_logprobs(logits, labels), mask)
+    return masked_mean(cross_entropy_per_token(token_logprobs(logits, labels), "sft"), mask)
 
 
 def dft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """DFT: each token's cross-entropy weighted by the stop-gradient of its own probability."""
-    logps = token_logprobs(logits, labels)
-    return masked_mean(-logps * logps.detach().exp(), mask)
+    return masked_mean(cross_entropy_per_token(token_logprobs(logits, labels), "dft"), mask)
+
+
+def topk_hits(student_logits: torch.Tensor, teacher_top_ids: torch.Tensor, k: int) -> torch.Tensor:
+    """|topk(π_θ) ∩ teacher's top-k| / k per position, from the teacher's top ids (sorted, best first) [..., ≥k]."""
+    k = min(k, student_logits.size(-1), teacher_top_ids.size(-1))
+    student_top = student_logits.topk(k, dim=-1).indices
+    teacher_top = teacher_top_ids[..., :k].to(student_top.device)
+    return (student_top.unsqueeze(-1) == teacher_top.unsqueeze(-2)).any(-1).sum(-1).to(torch.float32) / k
 
 
 def topk_overlap_with_ids(
     student_logits: torch.Tensor, teacher_top_ids: torch.Tensor, mask: torch.Tensor, k: int
 ) -> torch.Tensor:
     """The same ratio when only the teacher's top ids (sorted, best first) are known [B, T, ≥k]."""
-    k = min(k, student_logits.size(-1), teacher_top_ids.size(-1))
-    student_top = student_logits.topk(k, dim=-1).indices
-    teacher_top = teacher_top_ids[..., :k].to(student_top.device)
-    hits = (student_top.unsqueeze(-1) == teacher_top.unsqueeze(-2)).any(-1).sum(-1).to(torch.float32) / k
-    return masked_mean(hits, mask)
+    return masked_mean(topk_hits(student_logits, teacher_top_ids, k), mask)
 
 
 def topk_overlap(

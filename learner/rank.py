@@ -109,14 +109,17 @@ class LearnerRank:
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         from functools import partial
 
-        from learner.losses import compute_loss, response_logits
+        from learner.chunked import response_states
+        from learner.losses import compute_loss
 
         started = time.perf_counter()
         self.engine.train()
-        reference_forward = partial(response_logits, self.reference) if self.reference is not None else None
-        loss, metrics = compute_loss(
-            self.objective, batch, partial(response_logits, self.engine), reference_forward, self.pad_id
+        chunk = self.config.loss_chunk_size
+        policy_forward = partial(response_states, self.engine, chunk_size=chunk)
+        reference_forward = (
+            partial(response_states, self.reference, chunk_size=chunk) if self.reference is not None else None
         )
+        loss, metrics = compute_loss(self.objective, batch, policy_forward, reference_forward, self.pad_id)
         self.engine.backward(loss)
         self.engine.step()
         self.step += 1

@@ -79,3 +79,52 @@ def test_teacher_scorer_on_cuda_matches_a_cpu_forward(tmp_path):
         -1,
     )
     assert closure.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_kd_on_cuda_matches_whole_logits(dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from learner.chunked import response_states
+    from learner.config import ObjectiveConfig
+    from learner.losses import kd_divergence, kd_per_token
+    from learner.packing import PackedSequences, PaddedTeacherScores
+
+    config = Qwen2Config(
+        vocab_size=32_000,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(config).to(dtype)
+    model.gradient_checkpointing_enable()
+    model.train()
+    batch, prompt, response = 3, 5, 40
+    ids = torch.randint(0, config.vocab_size, (batch, prompt + response - 1), device="cuda")
+    mask = torch.ones(batch, response, dtype=torch.bool, device="cuda")
+    mask[1, 30:] = False
+    packed = PackedSequences(
+        ids, torch.ones_like(ids), torch.arange(ids.size(1), device="cuda").expand(batch, -1), ids[:, -response:], mask
+    )
+    logprobs = torch.log_softmax(torch.randn(batch, response, 65, device="cuda"), -1)
+    teacher = PaddedTeacherScores(
+        support_ids=torch.randint(0, config.vocab_size, (batch, response, 64), device="cuda"),
+        support_logprobs=logprobs[..., :64],
+        tail_logprob=logprobs[..., 64],
+        topk_ids=torch.randint(0, config.vocab_size, (batch, response, 64), device="cuda"),
+    )
+    cfg = ObjectiveConfig(alpha=0.0, lam=1.0, divergence="jsd")
+
+    logits = model(input_ids=ids, logits_to_keep=response).logits
+    whole = kd_divergence(cfg, logits, teacher)[mask].mean()
+    (whole_grad,) = torch.autograd.grad(whole, [model.model.embed_tokens.weight])
+    divergence, _ = kd_per_token(cfg, response_states(model, packed, chunk_size=16), teacher)
+    (chunked_grad,) = torch.autograd.grad(divergence.mean(), [model.model.embed_tokens.weight])
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(divergence.mean(), whole, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(chunked_grad.float(), whole_grad.float(), rtol=tolerance, atol=tolerance)

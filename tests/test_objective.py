@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from learner import objective
+from learner.chunked import response_states
 from learner.config import ObjectiveConfig
-from learner.losses import compute_loss, response_logits
+from learner.losses import compute_loss
 from learner.packing import pack
 from learner.types import TeacherScores, TokenSequences, TrainBatch
 
@@ -227,10 +228,11 @@ def test_packing_aligns_responses_and_matches_unpadded_forward():
     seqs = TokenSequences([[3, 4, 5, 6], [7, 8]], [[9, 10], [11, 12, 13]])
     packed = pack(seqs, pad_id=0)
     with torch.no_grad():
-        logits = response_logits(model, packed)
+        # Hidden states come in row-major order over the real response positions; the head gives the logits.
+        logits = response_states(model, packed, chunk_size=2).logits().split([len(r) for r in seqs.response_ids])
         for i, (p, r) in enumerate(zip(seqs.prompt_ids, seqs.response_ids, strict=True)):
             alone = model(torch.tensor([p + r[:-1]])).logits[0, len(p) - 1 :]
-            torch.testing.assert_close(logits[i, : len(r)], alone, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(logits[i], alone, atol=1e-5, rtol=1e-4)
             assert packed.labels[i, : len(r)].tolist() == r
 
 
@@ -254,8 +256,8 @@ def test_dudi_total_combines_the_three_terms():
         on_policy_teacher=[TeacherScores(full=r) for r in teacher_rows(p_z, y_tilde)],
     )
     cfg = ObjectiveConfig(alpha=0.3, lam=0.25)
-    forward = lambda packed: response_logits(policy, packed)  # noqa: E731
-    ref_forward = lambda packed: response_logits(reference, packed)  # noqa: E731
+    forward = lambda packed: response_states(policy, packed, chunk_size=3)  # noqa: E731
+    ref_forward = lambda packed: response_states(reference, packed, chunk_size=3)  # noqa: E731
     loss, metrics = compute_loss(cfg, batch, forward, ref_forward, pad_id=0)
     assert loss.requires_grad
     expected = 0.3 * metrics["loss/spin"] + 0.75 * metrics["loss/off_kd"] + 0.25 * metrics["loss/on_kd"]
@@ -326,8 +328,8 @@ def test_compute_loss_with_sparse_scores_covering_the_vocabulary_equals_full():
     torch.manual_seed(0)
     policy, reference, teacher = (tiny_qwen2(30) for _ in range(3))
     args = ([[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]], [[14, 15, 16, 17], [18]], [[19, 20], [21]])
-    forward = lambda packed: response_logits(policy, packed)  # noqa: E731
-    ref_forward = lambda packed: response_logits(reference, packed)  # noqa: E731
+    forward = lambda packed: response_states(policy, packed, chunk_size=3)  # noqa: E731
+    ref_forward = lambda packed: response_states(reference, packed, chunk_size=3)  # noqa: E731
     cfg = ObjectiveConfig(alpha=0.3, lam=0.25)
     _, full = compute_loss(cfg, _scored_batch(teacher, *args), forward, ref_forward, pad_id=0)
     _, sparse = compute_loss(cfg, _scored_batch(teacher, *args, sparse_k=30), forward, ref_forward, pad_id=0)
@@ -354,8 +356,8 @@ def test_each_objective_logs_exactly_its_terms(fields, terms):
     batch = _scored_batch(teacher, [[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]], [[14, 15], [18]], [[19, 20], [21]])
     cfg = ObjectiveConfig(**fields)
     assert set(cfg.terms) == terms
-    forward = lambda packed: response_logits(policy, packed)  # noqa: E731
-    loss, metrics = compute_loss(cfg, batch, forward, lambda p: response_logits(reference, p), pad_id=0)
+    forward = lambda packed: response_states(policy, packed, chunk_size=3)  # noqa: E731
+    loss, metrics = compute_loss(cfg, batch, forward, lambda p: response_states(reference, p, chunk_size=3), pad_id=0)
     assert {k.removeprefix("loss/") for k in metrics if k.startswith("loss/")} == terms | {"total"}
     loss.backward()
     assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
