@@ -52,19 +52,20 @@ def map_chunks(
 
     The logits reach `fn` in at least float32 (bf16 models are reduced in fp32, float64 stays float64).
     """
-    grad = torch.is_grad_enabled() and states.hidden.requires_grad
+    size = max(1, states.chunk_size)
+    # One chunk holds no more logits than the chunk size allows, so it keeps them for backward (no recompute).
+    recompute = torch.is_grad_enabled() and states.hidden.requires_grad and states.hidden.size(0) > size
 
     def run(hidden: torch.Tensor, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = states.head(hidden)
         return fn(logits if logits.dtype == torch.float64 else logits.float(), *args)
 
     outputs: list[tuple[torch.Tensor, ...]] = []
-    size = max(1, states.chunk_size)
     for start in range(0, states.hidden.size(0), size):
         chunk = [states.hidden[start : start + size]] + [a[start : start + size] for a in per_position]
         # Non-reentrant: recomputation happens inside the one backward, so each parameter's gradient is
         # accumulated once (ZeRO-3's gradient hooks rely on that) and the head's parameters are gathered again.
-        outputs.append(checkpoint(run, *chunk, use_reentrant=False) if grad else run(*chunk))
+        outputs.append(checkpoint(run, *chunk, use_reentrant=False) if recompute else run(*chunk))
     if not outputs:  # no real response position: empty results of the right arity
         empty = run(states.hidden[:0], *(a[:0] for a in per_position))
         return tuple(empty)

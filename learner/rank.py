@@ -88,6 +88,9 @@ class LearnerRank:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
+        if self.world_size == 1 and self.config.zero_stage == 0:
+            # Nothing to all-reduce, yet DeepSpeed would still flatten every gradient into 2 GB buckets and back.
+            self.engine.enable_backward_allreduce = False
         self.pad_id = pad_id
         if self.ema_decay is not None:
             # Every rank iterates (the gathers are collective under ZeRO-3); only rank 0's buckets hold tensors.
@@ -113,6 +116,8 @@ class LearnerRank:
         from learner.losses import compute_loss
 
         started = time.perf_counter()
+        if self.broadcaster is not None:
+            self.broadcaster.release_sent()  # the last version has usually reached every engine by now
         self.engine.train()
         chunk = self.config.loss_chunk_size
         policy_forward = partial(response_states, self.engine, chunk_size=chunk)

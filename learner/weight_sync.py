@@ -95,6 +95,11 @@ class WeightBroadcaster:
         options.rootRank = 0
         self._in_flight.append((self.group.broadcast([buffer], options), buffer))
 
+    def release_sent(self) -> None:
+        """Drops the buffers of broadcasts that have completed (a whole version's copy, otherwise held until the
+        next `wait`)."""
+        self._in_flight = [(work, buffer) for work, buffer in self._in_flight if not work.is_completed()]
+
     def wait(self) -> None:
         """Blocks until every consumer has received every bucket posted so far."""
         for work, _ in self._in_flight:

@@ -29,7 +29,12 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="one run: cold-start SFT, then distillation")
     train.add_argument("config", type=Path)
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4 distill.steps=10")
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        help="overlay YAML files (merged in order, e.g. configs/plans/gpus-4.yaml), then dotted overrides, "
+        "e.g. learner.lr=1e-4 distill.steps=10",
+    )
 
     evaluation = sub.add_parser("eval", help="per-language exact match of a checkpoint (greedy, vLLM)")
     evaluation.add_argument("checkpoint")
@@ -40,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--prompt-column", default="prompt")
     evaluation.add_argument("--response-column", default="response")
     evaluation.add_argument("--lang-column", default="lang")
+
+    data = sub.add_parser("data", help="prepare training data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    sea = data_sub.add_parser("sea-instruct", help="SEA-Instruct (the paper's data) → train/eval parquet")
+    sea.add_argument("--source", required=True, help="a local copy (one folder per language) or the HF dataset id")
+    sea.add_argument("--out", type=Path, default=Path("data/sea-instruct"))
+    sea.add_argument("--per-language", type=int, default=4000, help="training rows per language (the paper's)")
+    sea.add_argument("--eval-per-language", type=int, default=200)
+    sea.add_argument("--languages", nargs="*", default=None, help="config names, e.g. Indonesian Thai (default: 7)")
+    sea.add_argument("--seed", type=int, default=0)
+    sea.add_argument("--all-quality", action="store_true", help="keep rows below Excellent / incoherent / unnatural")
 
     teacher = sub.add_parser("teacher", help="the teacher server alone")
     teacher_sub = teacher.add_subparsers(dest="teacher_command", required=True)
@@ -75,6 +91,20 @@ def _dispatch(args) -> int:
         from orchestrator.commands import evaluate_checkpoint
 
         return evaluate_checkpoint(args)
+    if args.command == "data":
+        from orchestrator.sea_instruct import convert
+
+        result = convert(
+            args.source,
+            args.out,
+            args.per_language,
+            args.eval_per_language,
+            args.languages,
+            args.seed,
+            require_high_quality=not args.all_quality,
+        )
+        print(f"[sea-instruct] wrote {args.out}/train.parquet and eval.parquet: {result.kept}")
+        return 0
     from orchestrator.commands import serve_teacher
 
     return serve_teacher(args.config, args.overrides)

@@ -32,6 +32,12 @@ class ModelsConfig(BaseModel):
         description="Student init: local dir or HF cache name. `{tiny_world}` expands to the tiny-world dir."
     )
     teacher: str = Field(description="Teacher: local dir or HF cache name; must share the student's vocabulary.")
+    end_of_turn: str | None = Field(
+        None,
+        description="The token that ends an assistant turn: every response is trained to end with it and generation "
+        "stops at it. None = the student tokenizer's EOS. Set it when the student is a base model whose EOS is not "
+        "its chat template's end of turn (Qwen2.5 base: <|endoftext|>; the template ends turns with <|im_end|>).",
+    )
 
 
 class DataConfig(BaseModel):
@@ -225,6 +231,14 @@ def tiny_world_dir(seed: int = 0) -> Path:
     return Path(root) / f"tiny-world-seed{seed}"
 
 
+def qwen_shape_dir() -> Path:
+    """Where the Qwen2.5-0.5B-shaped world is cached (benchmarks/qwen_shape.py); `DUDI_QWEN_SHAPE_WORLD` overrides it."""
+    if os.environ.get("DUDI_QWEN_SHAPE_WORLD"):
+        return Path(os.environ["DUDI_QWEN_SHAPE_WORLD"])
+    root = os.environ.get("DUDI_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dudi")
+    return Path(root) / "qwen-shape"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`learner.lr=1e-4` → (['learner', 'lr'], 1e-4); values are read as YAML scalars."""
     if "=" not in text:
@@ -253,8 +267,9 @@ def _expand_placeholders(raw: Any, values: dict[str, str]) -> Any:
         return {k: _expand_placeholders(v, values) for k, v in raw.items()}
     if isinstance(raw, list):
         return [_expand_placeholders(v, values) for v in raw]
-    if isinstance(raw, str) and "{tiny_world}" in raw:
-        return raw.replace("{tiny_world}", values["tiny_world"])
+    if isinstance(raw, str):
+        for name, value in values.items():
+            raw = raw.replace("{" + name + "}", value)
     return raw
 
 
@@ -285,15 +300,19 @@ def read_config_file(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str,
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (and its `base`), apply `key.sub=value` overrides, fill in the method's preset under both,
-    expand `{tiny_world}`, validate."""
+    """Read YAML (and its `base`), merge overlay YAML files, apply `key.sub=value` overrides, fill in the method's preset under both,
+    expand `{tiny_world}` and `{qwen_shape}`, validate."""
     raw: dict[str, Any] = read_config_file(path) if path is not None else {}
-    raw = apply_overrides(raw, overrides or [])
+    # Overlay files (a resource plan, say) merge in the order given, before the dotted overrides.
+    overrides = list(overrides or [])
+    for overlay in [o for o in overrides if "=" not in o and o.endswith((".yaml", ".yml"))]:
+        raw = deep_merge(raw, read_config_file(overlay))
+    raw = apply_overrides(raw, [o for o in overrides if "=" in o or not o.endswith((".yaml", ".yml"))])
     try:
         raw = apply_preset(raw)
     except ValueError as error:
         raise ConfigError(f"  method: {error}") from None
-    raw = _expand_placeholders(raw, {"tiny_world": str(tiny_world_dir())})
+    raw = _expand_placeholders(raw, {"tiny_world": str(tiny_world_dir()), "qwen_shape": str(qwen_shape_dir())})
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:

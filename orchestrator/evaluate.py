@@ -15,7 +15,8 @@ from rollout.types import GenerationRequest
 def evaluate(rollout: RolloutGroup, tokenizer, rows: list[Example], max_new_tokens: int) -> dict[str, float]:
     """{lang: accuracy in %, ..., "avg": mean over languages}."""
     requests = [GenerationRequest(encode_prompt(tokenizer, row.prompt)) for row in rows]
-    results = rollout.generate(requests, rollout.sampling_spec(greedy=True, max_new_tokens=max_new_tokens))
+    spec = rollout.sampling_spec(greedy=True, max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eos_token_id,))
+    results = rollout.generate(requests, spec)
     hits: dict[str, list[bool]] = defaultdict(list)
     for row, result in zip(rows, results, strict=True):
         text = tokenizer.decode(result.response_ids, skip_special_tokens=True)

@@ -95,7 +95,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(_dump_yaml(cfg))
-        self.tokenizer = load_tokenizer(cfg.models.student)
+        self.tokenizer = load_tokenizer(cfg.models.student, cfg.models.end_of_turn)
         self.train_rows = load_examples(cfg.data, "train")
         self.eval_rows = load_examples(cfg.data, "eval")
         self.languages = sorted({r.lang for r in self.train_rows})
@@ -125,7 +125,7 @@ class Trainer:
         waits for them only after its learner and teacher are on their way."""
         cfg = self.cfg
         if cfg.distill.enabled and self.uses_teacher_model:
-            check_shared_vocabulary(cfg.models.student, cfg.models.teacher)
+            check_shared_vocabulary(cfg.models.student, cfg.models.teacher, cfg.models.end_of_turn)
         init_ray(cfg.ray)
         self._mark("ray")
         self.placement = Placement(cfg)
@@ -319,7 +319,9 @@ class Trainer:
         to_generate = steps.generation_requests(prompts, objective, student_writes)
         if to_generate:
             top_ids = self.teacher.student_top_k if self.teacher is not None else 0
-            spec = self.rollout.sampling_spec(top_ids=top_ids, sampling=self.cfg.rollout.sampling)
+            spec = self.rollout.sampling_spec(
+                top_ids=top_ids, sampling=self.cfg.rollout.sampling, stop_token_ids=(self.tokenizer.eos_token_id,)
+            )
             rejected, generated = steps.split_generations(self.rollout.generate(to_generate, spec), prompts, objective)
             rollout_stats = steps.rollout_metrics(rejected, generated)
             lap("generate")
@@ -424,7 +426,7 @@ class Trainer:
         )
         try:
             requests = [GenerationRequest(encode_prompt(self.tokenizer, p)) for p in prompts]
-            results = engine.generate(requests, engine.sampling_spec())
+            results = engine.generate(requests, engine.sampling_spec(stop_token_ids=(self.tokenizer.eos_token_id,)))
         finally:
             engine.shutdown()
         empty = [p for p, r in zip(prompts, results, strict=True) if not r.response_ids]

@@ -9,10 +9,15 @@ class StartupError(RuntimeError):
     pass
 
 
-def load_tokenizer(model_path: str):
+def load_tokenizer(model_path: str, end_of_turn: str | None = None):
+    """The student's tokenizer; with `end_of_turn`, that token becomes its EOS (what ends every response)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if end_of_turn is not None:
+        if end_of_turn not in tokenizer.get_vocab():
+            raise StartupError(f"models.end_of_turn {end_of_turn!r} is not a token of {model_path!r}")
+        tokenizer.eos_token = end_of_turn
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -20,17 +25,21 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def check_shared_vocabulary(student_path: str, teacher_path: str) -> None:
-    """Token-level distillation compares distributions id by id: ids and special tokens must agree."""
+def check_shared_vocabulary(student_path: str, teacher_path: str, end_of_turn: str | None = None) -> None:
+    """Token-level distillation compares distributions id by id: ids and special tokens must agree.
+
+    A base student and an instruct teacher name different EOS tokens (Qwen2.5: <|endoftext|> vs <|im_end|>);
+    with `end_of_turn` set, responses end with that token for both, so only the pad tokens are compared."""
     from transformers import AutoConfig, AutoTokenizer
 
     student, teacher = AutoTokenizer.from_pretrained(student_path), AutoTokenizer.from_pretrained(teacher_path)
     problems = []
     if student.get_vocab() != teacher.get_vocab():
         problems.append(f"token ids differ ({len(student)} vs {len(teacher)} tokens)")
-    for attr in ("eos_token", "pad_token"):
+    for attr in ("pad_token",) if end_of_turn is not None else ("eos_token", "pad_token"):
         if getattr(student, attr) != getattr(teacher, attr):
-            problems.append(f"{attr} differs ({getattr(student, attr)!r} vs {getattr(teacher, attr)!r})")
+            hint = "; set models.end_of_turn to the chat template's end of turn" if attr == "eos_token" else ""
+            problems.append(f"{attr} differs ({getattr(student, attr)!r} vs {getattr(teacher, attr)!r}){hint}")
     student_vocab = AutoConfig.from_pretrained(student_path).vocab_size
     teacher_vocab = AutoConfig.from_pretrained(teacher_path).vocab_size
     if student_vocab != teacher_vocab:

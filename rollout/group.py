@@ -50,6 +50,7 @@ class RolloutGroup:
         max_new_tokens: int | None = None,
         top_ids: int = 0,
         sampling: SamplingConfig | None = None,
+        stop_token_ids: tuple[int, ...] = (),
     ) -> SamplingSpec:
         """`sampling`: the caller's settings (a run sharing these engines may sample differently); default: the
         group's config."""
@@ -60,6 +61,7 @@ class RolloutGroup:
             top_p=s.top_p,
             max_new_tokens=max_new_tokens or s.max_new_tokens,
             top_ids=top_ids,
+            stop_token_ids=tuple(stop_token_ids),
         )
 
     def _fan_out(self, method: str, requests: list, *args) -> list:

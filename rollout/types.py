@@ -22,6 +22,7 @@ class SamplingSpec:
     max_new_tokens: int
     seed: int | None = None  # per-request seed; GPU only (vLLM 0.32's CPU sampler kills the engine on one)
     top_ids: int = 0  # also return the policy's n most likely ids at every sampled position (0 = none)
+    stop_token_ids: tuple[int, ...] = ()  # besides the model's own EOS (a chat template's end of turn)
 
 
 @dataclass(frozen=True)

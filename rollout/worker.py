@@ -55,6 +55,7 @@ class RolloutWorker:
             max_tokens=spec.max_new_tokens,
             logprobs=spec.top_ids,  # 0: the sampled token's log-prob only
             seed=spec.seed,
+            stop_token_ids=list(spec.stop_token_ids) or None,
             detokenize=False,  # callers decode what they need; detokenizing 64 candidates per token costs seconds
             flat_logprobs=True,  # a few flat lists per request instead of one dict of Logprob objects per id
         )

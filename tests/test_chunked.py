@@ -226,3 +226,17 @@ def test_sort_based_repeat_check_equals_the_square_one(seed):
         for t in range(7):
             row = ids[b, t]
             assert sorted(row[got[b, t]].tolist()) == sorted(set(row[row >= 0].tolist()))
+
+
+def test_a_single_chunk_keeps_its_logits_instead_of_recomputing():
+    hidden = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    widths: list[int] = []
+
+    def head(h):
+        widths.append(h.size(0))
+        return h * 2
+
+    states = ResponseStates(hidden=hidden, mask=torch.ones(1, 3, dtype=torch.bool), head=head, chunk_size=3)
+    (values,) = map_chunks(states, lambda logits: (torch.logsumexp(logits, -1),))
+    values.sum().backward()
+    assert widths == [3]

@@ -25,6 +25,34 @@ def test_every_shipped_config_parses(path):
     assert cfg.models.student and cfg.models.teacher
 
 
+@pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "plans").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("pair", ["qwen2.5-3b-to-0.5b.yaml", "qwen2.5-3b-to-1.5b.yaml"])
+def test_real_pairs_with_every_resource_plan_follow_the_paper(pair, plan):
+    cfg = load_config(ROOT / "configs" / pair, [str(plan), "method=dudi"])
+    gpus = int(plan.stem.removeprefix("gpus-"))
+    used = (
+        cfg.learner.num_ranks * cfg.learner.num_gpus_per_rank
+        + cfg.rollout.num_workers * cfg.rollout.num_gpus_per_worker
+        + cfg.teacher.num_replicas * cfg.teacher.num_gpus_per_replica
+    )
+    assert used == gpus
+    assert cfg.models.teacher == "Qwen/Qwen2.5-3B-Instruct" and cfg.models.end_of_turn == "<|im_end|>"
+    o = cfg.objective
+    assert (o.lam, o.alpha, o.divergence, o.kd_temperature, cfg.learner.lr) == (0.5, 0.1, "rkl", 1.0, 2e-5)
+    assert (cfg.distill.batch_size, cfg.distill.epochs, cfg.rollout.sampling.max_new_tokens) == (32, 3.0, 256)
+    assert (cfg.rollout.sampling.temperature, cfg.rollout.sampling.top_k) == (0.9, 0)
+    assert cfg.learner.dtype == "bfloat16" and cfg.learner.num_gpus_per_rank > 0
+
+
+def test_overlay_files_merge_before_dotted_overrides(tmp_path):
+    overlay = tmp_path / "plan.yaml"
+    overlay.write_text("learner:\n  num_ranks: 2\n  lr: 0.5\n")
+    cfg = load_config(write(tmp_path, MINIMAL), [str(overlay), "learner.lr=0.25"])
+    assert (cfg.learner.num_ranks, cfg.learner.lr) == (2, 0.25)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(write(tmp_path, MINIMAL), [str(tmp_path / "missing.yaml")])
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "deploy").rglob("*.yaml")), ids=lambda p: p.name)
 def test_deploy_manifests_are_valid_yaml(path):
     import yaml

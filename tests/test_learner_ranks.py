@@ -1,5 +1,5 @@
-"""Data parallelism across learner ranks: two ZeRO-3 ranks over gloo take the same step as one rank, and keep
-the same EMA of the weights."""
+"""Data parallelism across learner ranks: two ranks over gloo take the same step as one rank (ZeRO-3 and
+ZeRO-0), and keep the same EMA of the weights."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ pytestmark = pytest.mark.e2e
 LR = 1e-2
 
 
-def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path):
+# ZeRO-0 too: one rank skips DeepSpeed's all-reduce (nothing to reduce), two ranks run it.
+@pytest.mark.parametrize("zero_stage", [3, 0])
+def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path, zero_stage):
     # Equal lengths everywhere, so the mean over each rank's tokens averaged over ranks is the global mean.
     prompts = [[5 + i, 6 + i, 7 + i] for i in range(4)]
     responses = [[20 + i, 21 + i] for i in range(4)]
@@ -28,7 +30,7 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path):
     for ranks in (1, 2):
         config = LearnerConfig(
             num_ranks=ranks,
-            zero_stage=3,
+            zero_stage=zero_stage,
             num_threads=1,
             objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0),
             publish_bucket_mib=1,  # several buckets, each gathered on its own under ZeRO-3
