@@ -84,6 +84,14 @@ class LearnerGroup:
     def node_id(self) -> str:
         return ray.get(self.ranks[0].node_id.remote())
 
+    def save_state(self, directory: str) -> None:
+        """DeepSpeed state of every rank (weights, optimizer, scheduler) and the EMA, for an exact resume."""
+        ray.get([r.save_state.remote(directory) for r in self.ranks])
+
+    def load_state(self, directory: str) -> int:
+        """Restores `save_state`; returns the learner's optimizer step at that point."""
+        return ray.get([r.load_state.remote(directory) for r in self.ranks])[0]
+
     def save_checkpoint(self, directory: str) -> str:
         return ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])[0]
 

@@ -222,6 +222,33 @@ class LearnerRank:
         digest = {spec.name: tensor_digest(t) for bucket in self._buckets() for spec, t in bucket}
         return digest if self.rank == 0 else None
 
+    def save_state(self, directory: str) -> None:
+        """Everything a resumed run needs to take the same next step: DeepSpeed's checkpoint (weights, optimizer,
+        scheduler; each rank writes its own shards, so across nodes `directory` must be shared storage) and rank 0's
+        EMA. Collective: every rank must call it."""
+        from safetensors.torch import save_file
+
+        self.engine.save_checkpoint(directory, tag="state", client_state={"step": self.step})
+        if self.rank == 0 and self.ema is not None:
+            save_file({name: t.contiguous() for name, t in self.ema.items()}, str(Path(directory) / "ema.safetensors"))
+
+    def load_state(self, directory: str) -> int:
+        """Restores `save_state`'s checkpoint into the running engine; returns the optimizer step it was taken at."""
+        from safetensors.torch import load_file
+
+        path, client_state = self.engine.load_checkpoint(
+            directory, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no learner state in {directory}")
+        self.step = int(client_state["step"])
+        ema_path = Path(directory) / "ema.safetensors"
+        if self.ema_decay is not None and self.rank == 0:
+            if not ema_path.is_file():
+                raise FileNotFoundError(f"the run keeps an EMA teacher, but {ema_path} is missing")
+            self.ema = load_file(str(ema_path))
+        return self.step
+
     def save_checkpoint(self, directory: str) -> str | None:
         """HF format (`save_pretrained`), loadable with `AutoModelForCausalLM.from_pretrained`."""
         state = self._full_state_dict()

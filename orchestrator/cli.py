@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="one run: cold-start SFT, then distillation")
     train.add_argument("config", type=Path)
     train.add_argument(
+        "--resume", action="store_true", help="continue from the newest complete checkpoint of the run's output_dir"
+    )
+    train.add_argument(
         "overrides",
         nargs="*",
         help="overlay YAML files (merged in order, e.g. configs/plans/gpus-4.yaml), then dotted overrides, "
@@ -65,17 +68,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM unwind the command (its `finally` blocks release actors and the teacher), even where the
+    shell started it with SIGINT ignored (a background job); a second signal leaves at once."""
+    import os
+    import signal
+
+    received: list[int] = []
+
+    def interrupt(signum, _frame):
+        received.append(signum)
+        if len(received) > 1:
+            _stop_ray()
+            os._exit(130)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _stop_ray() -> None:
+    """Stops the Ray this process started (a local one: its processes go with it); leaves a cluster it joined."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from orchestrator.checkpoints import ResumeError, RunFailure
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
     from orchestrator.startup import StartupError
 
+    _stop_on_signals()
     try:
         return _dispatch(args)
-    except (ConfigError, DataError, StartupError) as error:
+    except (ConfigError, DataError, StartupError, ResumeError) as error:
         print(f"dudi: {error}", file=sys.stderr)
         return 2
+    except RunFailure as error:
+        print(f"dudi: {error}", file=sys.stderr)
+        _stop_ray()
+        return 1
+    except KeyboardInterrupt:
+        print("dudi: interrupted; stopping", file=sys.stderr)
+        _stop_ray()
+        return 130
 
 
 def _dispatch(args) -> int:
@@ -86,7 +126,7 @@ def _dispatch(args) -> int:
     if args.command == "train":
         from orchestrator.commands import train
 
-        return train(args.config, args.overrides)
+        return train(args.config, args.overrides, resume=args.resume)
     if args.command == "eval":
         from orchestrator.commands import evaluate_checkpoint
 

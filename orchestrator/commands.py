@@ -30,13 +30,14 @@ def tiny_world(seed: int, out: Path | None, teacher_steps: int | None, force: bo
     return 0
 
 
-def train(config_path: Path, overrides: list[str]) -> int:
+def train(config_path: Path, overrides: list[str], resume: bool = False) -> int:
     cfg = load_config(config_path, overrides)
+    _check_local_teacher_port(cfg)
     from orchestrator.evaluate import format_table
     from orchestrator.loop import train as run_training
 
     started = time.perf_counter()
-    result = run_training(cfg)
+    result = run_training(cfg, resume=resume)
     print(f"\nrun finished in {time.perf_counter() - started:.0f} s; stages: {result.stage_seconds}")
     for name, path in result.checkpoints.items():
         print(f"checkpoint {name}: {path}")
@@ -51,7 +52,7 @@ def evaluate_checkpoint(args) -> int:
     from orchestrator.data import load_examples
     from orchestrator.evaluate import evaluate_checkpoint as evaluate_model
     from orchestrator.evaluate import format_table
-    from orchestrator.startup import init_ray
+    from orchestrator.startup import check_model, init_ray
     from rollout.config import RolloutConfig
 
     data_path = args.data or str(tiny_world_dir() / "data" / "eval.jsonl")
@@ -62,6 +63,7 @@ def evaluate_checkpoint(args) -> int:
         response_column=args.response_column,
         lang_column=args.lang_column,
     )
+    check_model(args.checkpoint, "checkpoint")
     rows = load_examples(data, "eval")
     init_ray(RayConfig())
     scores = evaluate_model(RolloutConfig(), args.checkpoint, rows, args.max_new_tokens)
@@ -69,21 +71,37 @@ def evaluate_checkpoint(args) -> int:
     return 0
 
 
+def _check_local_teacher_port(cfg) -> None:
+    """Serve's HTTP proxy starts on this machine only when Ray does (no `ray.address`)."""
+    from orchestrator.startup import check_port_free
+
+    if cfg.ray.address is None:
+        check_port_free(cfg.teacher.http_host, cfg.teacher.http_port, "teacher.http_port")
+
+
 def serve_teacher(config_path: Path, overrides: list[str]) -> int:
     cfg = load_config(config_path, overrides)
+    from orchestrator.startup import check_model
+
+    check_model(cfg.models.teacher, "models.teacher")
+    _check_local_teacher_port(cfg)
     from orchestrator.startup import init_ray
     from teacher_server.app import deploy
 
     init_ray(cfg.ray)
     deploy(cfg.models.teacher, cfg.teacher)
     t = cfg.teacher
-    print(
-        f"teacher {cfg.models.teacher} serving on http://{t.http_host}:{t.http_port}{t.route_prefix} (Ctrl-C stops it)\n"
-        'POST JSON {"prompt_ids": [...], "response_ids": [...], "top_k": 64, "extra_ids": [[...], ...], '
-        '"temperature": 1.0} (top_k null = full rows) → Arrow IPC; decode with teacher_server.wire.decode_response'
-    )
-    try:
+    try:  # from the first line the user reads, Ctrl-C shuts the server down
+        print(
+            f"teacher {cfg.models.teacher} serving on http://{t.http_host}:{t.http_port}{t.route_prefix} (Ctrl-C stops it)\n"
+            'POST JSON {"prompt_ids": [...], "response_ids": [...], "top_k": 64, "extra_ids": [[...], ...], '
+            '"temperature": 1.0} (top_k null = full rows) → Arrow IPC; decode with teacher_server.wire.decode_response'
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        from ray import serve
+
+        print("stopping the teacher server", flush=True)
+        serve.shutdown()
         return 0

@@ -56,6 +56,10 @@ class DataConfig(BaseModel):
     response_en_column: str = Field("response_en", description="English reference response (COPSD).")
     languages: list[str] | None = Field(None, description="Keep only these languages (None = all).")
     max_eval_per_language: int | None = Field(None, ge=1)
+    strict: bool = Field(
+        False,
+        description="Stop at the first unusable row (file and row number) instead of skipping it and counting why.",
+    )
 
 
 class VerbalizerConfig(BaseModel):
@@ -146,6 +150,17 @@ class WeightSyncConfig(BaseModel):
     )
 
 
+class CheckpointConfig(BaseModel):
+    """`<run>/checkpoints/`: what `dudi train CONFIG --resume` continues from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_steps: int = Field(
+        0, ge=0, description="Also checkpoint every this many steps inside a stage (0 = only at the end of stages)."
+    )
+    keep_last: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+
+
 class RayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -181,6 +196,7 @@ class RunConfig(BaseModel):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
@@ -288,7 +304,13 @@ def read_config_file(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str,
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} is its own base")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: {problem}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     base = loaded.pop("base", None)

@@ -11,21 +11,30 @@ import math
 import random
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
+
 from learner.config import ObjectiveConfig
 from learner.group import LearnerGroup
 from learner.types import TrainBatch
-from orchestrator import steps
+from orchestrator import checkpoints, steps
 from orchestrator.config import RunConfig, StageConfig
 from orchestrator.data import DataError, load_examples
 from orchestrator.evaluate import evaluate, evaluate_checkpoint, format_table
 from orchestrator.metrics import Ledger, MetricsLogger
 from orchestrator.placement import Placement
-from orchestrator.startup import check_shared_vocabulary, init_ray, load_tokenizer
+from orchestrator.startup import (
+    check_model,
+    check_output_dir,
+    check_shared_vocabulary,
+    init_ray,
+    load_tokenizer,
+)
 from orchestrator.teacher_client import TeacherClient
 from orchestrator.tokens import encode_prompt
 from orchestrator.verbalizer import Verbalizer, VerbalizerTemplates
@@ -86,18 +95,41 @@ class StalenessError(RuntimeError):
 class Trainer:
     """State: the run config, tokenizer, data, the live component groups and the policy version."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = True, rollout: RolloutGroup | None = None):
+    def __init__(
+        self, cfg: RunConfig, progress: bool = True, rollout: RolloutGroup | None = None, resume: bool = False
+    ):
         """`rollout`: engines already running on this student (shared across runs, as the benchmarks do);
-        the trainer then neither starts nor stops them, and loads each stage's initial weights into them."""
+        the trainer then neither starts nor stops them, and loads each stage's initial weights into them.
+        `resume`: continue from the newest complete checkpoint under `<run>/checkpoints`."""
         self.started = time.perf_counter()
         self.cfg = cfg
         self.progress = progress
         self.run_dir = cfg.run_dir
+        # Mistakes a user can make are caught here, before Ray or any model starts.
+        check_output_dir(self.run_dir)
+        check_model(cfg.models.student, "models.student")
+        if (
+            cfg.distill.enabled and cfg.objective.uses_teacher and cfg.recipe.teacher == "model"
+        ) or cfg.eval.compare_teacher:
+            check_model(cfg.models.teacher, "models.teacher")
+        self.resume_from: tuple[Path, checkpoints.RunState] | None = None
+        if resume:
+            self.resume_from = checkpoints.latest(self.run_dir)
+            state = self.resume_from[1]
+            # What the crashed run logged after its checkpoint is logged again by the resumed one.
+            checkpoints.truncate_lines(self.run_dir / "metrics.jsonl", state.metrics_lines)
+            checkpoints.truncate_lines(self.run_dir / "ledger.jsonl", state.ledger_lines)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(_dump_yaml(cfg))
         self.tokenizer = load_tokenizer(cfg.models.student, cfg.models.end_of_turn)
-        self.train_rows = load_examples(cfg.data, "train")
-        self.eval_rows = load_examples(cfg.data, "eval")
+        limit = (self.tokenizer, cfg.rollout.max_model_len)
+        skipped: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
+        self.train_rows = load_examples(cfg.data, "train", skipped["train"], limit)
+        self.eval_rows = load_examples(cfg.data, "eval", skipped["eval"], limit)
+        for split, reasons in skipped.items():
+            if reasons:
+                counts = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+                self._say(f"[data] {split}: skipped {sum(reasons.values())} rows: {counts} (data.strict stops instead)")
         self.languages = sorted({r.lang for r in self.train_rows})
         self.metrics = MetricsLogger(self.run_dir)
         self.ledger = Ledger(self.run_dir)
@@ -111,8 +143,17 @@ class Trainer:
         self.teacher_responses: dict[str, list[int]] = {}  # SeqKD: prompt → ŷ ~ π_T(·|x)
         self.version = 0  # the newest policy version pushed to the rollout workers
         self._stage_first_version = 0
+        self._stage_steps_done = 0
         self.learner_steps = 0
         self.result = RunResult(self.run_dir)
+        self.finished: dict[str, str] = {}  # stage → its final HF checkpoint
+        if self.resume_from is not None:
+            state = self.resume_from[1]
+            self.finished = dict(state.finished)
+            self.teacher_responses = dict(state.teacher_responses)
+            self.result.checkpoints.update(state.finished)
+            self.result.accuracy.update(state.result.get("accuracy", {}))
+            self.result.stage_seconds.update(state.result.get("stage_seconds", {}))
 
     @property
     def uses_teacher_model(self) -> bool:
@@ -159,10 +200,15 @@ class Trainer:
         try:
             self.start()
             model_path = self.cfg.models.student
-            if self.cfg.cold_start.enabled:
-                model_path = self.run_stage("cold_start", self.cfg.cold_start, COLD_START_OBJECTIVE, model_path)
-            if self.cfg.distill.enabled:
-                self.run_stage("distill", self.cfg.distill, self.cfg.objective, model_path)
+            stages = (("cold_start", self.cfg.cold_start, COLD_START_OBJECTIVE), ("distill", self.cfg.distill, None))
+            for name, stage, objective in stages:
+                if not stage.enabled:
+                    continue
+                if name in self.finished:  # a resumed run: this stage ended before the checkpoint
+                    self._say(f"[{name}] finished before the checkpoint: {self.finished[name]}")
+                    model_path = self.finished[name]
+                    continue
+                model_path = self.run_stage(name, stage, objective or self.cfg.objective, model_path)
             self._write_results()
             return self.result
         finally:
@@ -172,7 +218,8 @@ class Trainer:
     def run_stage(self, name: str, stage: StageConfig, objective: ObjectiveConfig, init_path: str) -> str:
         started = time.perf_counter()
         verbalizer = self.begin_stage(name, objective, init_path, stage.lr)
-        self._train_loop(name, stage, objective, verbalizer, stage_steps(stage, len(self.train_rows)))
+        first_step = self._restore(name, objective) + 1
+        self._train_loop(name, stage, objective, verbalizer, stage_steps(stage, len(self.train_rows)), first_step)
         checkpoint = self.end_stage(name)
         self.result.stage_seconds[name] = round(time.perf_counter() - started, 1)
         if self.cfg.eval.at_end_of_stages:
@@ -246,9 +293,11 @@ class Trainer:
         self.learner.shutdown()
         self.learner = None
         self.result.checkpoints[name] = checkpoint
+        self.finished[name] = checkpoint
+        self._write_checkpoint(name, self._stage_steps_done, stage_done=True)
         return checkpoint
 
-    def _train_loop(self, name, stage, objective, verbalizer, num_steps: int) -> None:
+    def _train_loop(self, name, stage, objective, verbalizer, num_steps: int, first_step: int = 1) -> None:
         """Steps 1..n, each on batch j of the stage's data order. Batch j may be prepared once the weights of
         version (stage start + j − 1 − s) are pushed, so with s = 0 it waits for the previous step (synchronous)
         and with s > 0 it is prepared while up to s earlier steps train."""
@@ -256,6 +305,7 @@ class Trainer:
 
         bar = tqdm(
             total=num_steps,
+            initial=first_step - 1,
             desc=f"[{name}] {'sft' if name == 'cold_start' else self.cfg.method}",
             unit="step",
             disable=not self.progress,
@@ -272,8 +322,8 @@ class Trainer:
                     step = trained + len(pending) + 1
                     pending[step] = preparer.submit(self.prepare, plan[step - 1], objective, verbalizer)
 
-            prepare_ahead(0)
-            for step in range(1, num_steps + 1):
+            prepare_ahead(first_step - 1)
+            for step in range(first_step, num_steps + 1):
                 waited = time.perf_counter()
                 prepared = pending.pop(step).result()  # rollout workers + teacher
                 wait_s = time.perf_counter() - waited
@@ -291,6 +341,11 @@ class Trainer:
                     self._say("ready after (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.result.startup.items()))
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k.startswith("loss/")})
+                self._stage_steps_done = step
+                every = self.cfg.checkpoint.every_steps
+                if every and step % every == 0 and step < num_steps:
+                    # Batches prepared ahead are not part of it: a resume prepares them again from the same rows.
+                    self._write_checkpoint(name, step)
                 prepare_ahead(step)
         bar.close()
 
@@ -311,6 +366,8 @@ class Trainer:
             clock = time.perf_counter()
 
         rows = [self.train_rows[i] for i in row_ids]
+        if verbalizer is not None:
+            verbalizer.reseed(zlib.crc32(f"{self.cfg.seed}:{row_ids}".encode()))
         prompts = steps.build_prompts(rows, self.tokenizer, verbalizer)
         rejected: list = []
         generated: list = []
@@ -336,6 +393,8 @@ class Trainer:
             )
         scores = self._rank_and_score(kd, lap)
         batch = steps.assemble_batch(prompts, rejected, kd, scores)
+        if self.teacher is not None:
+            timings["teacher/retries"] = float(self.teacher.retries)  # so far in the stage
         return PreparedBatch(batch, row_ids, {**rollout_stats, **timings})
 
     def _rank_and_score(self, kd: steps.KdSets, lap) -> dict:
@@ -373,7 +432,10 @@ class Trainer:
             metrics["rollout/staleness"] = float(max(staleness))
             metrics["rollout/staleness_mean"] = sum(staleness) / len(staleness)
         clock = time.perf_counter()
-        metrics.update(self.learner.train_step(prepared.batch))
+        try:
+            metrics.update(self.learner.train_step(prepared.batch))
+        except ray.exceptions.RayActorError as error:
+            raise self._learner_failure(error) from None
         self.learner_steps += 1
         metrics["time/train_s"] = time.perf_counter() - clock
         if self.learner.ema_decay is not None:
@@ -392,6 +454,66 @@ class Trainer:
         self.rollout_weights = None  # the learner's, not a checkpoint's
         self.result.policy_version = self.version
         return time.perf_counter() - clock
+
+    def _learner_failure(self, error: Exception) -> checkpoints.RunFailure:
+        """A dead learner rank ends the run: its optimizer state is gone, so only a checkpoint can continue it."""
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        found = checkpoints.complete(self.run_dir)
+        where = (
+            f"continue from {found[-1].name} with `dudi train CONFIG --resume`"
+            if found
+            else "no checkpoint was written yet (checkpoint.every_steps)"
+        )
+        return checkpoints.RunFailure(
+            f"a learner rank died during optimizer step {self.learner_steps + 1} ({cause}); {where}"
+        )
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+    def _write_checkpoint(self, stage: str, step: int, stage_done: bool = False) -> None:
+        """Inside a stage: the learner's DeepSpeed state and an HF export; at its end: the stage's HF checkpoint,
+        already written, is recorded as finished."""
+        clock = time.perf_counter()
+        state = checkpoints.RunState(
+            stage=stage,
+            stage_step=step,
+            stage_done=stage_done,
+            learner_steps=self.learner_steps,
+            finished=dict(self.finished),
+            teacher_responses=self.teacher_responses,
+            metrics_lines=checkpoints.count_lines(self.run_dir / "metrics.jsonl"),
+            ledger_lines=checkpoints.count_lines(self.run_dir / "ledger.jsonl"),
+            result={"accuracy": self.result.accuracy, "stage_seconds": self.result.stage_seconds},
+        )
+
+        def payload(directory: Path) -> None:
+            if stage_done:
+                return
+            self.learner.save_state(str(directory / "learner"))
+            self.learner.save_checkpoint(str(directory / "student"))
+            self.tokenizer.save_pretrained(str(directory / "student"))
+
+        path = checkpoints.write(self.run_dir, state, payload, self.cfg.checkpoint.keep_last)
+        self._say(f"[{stage}] checkpoint {path.name} ({time.perf_counter() - clock:.1f} s)")
+
+    def _restore(self, name: str, objective: ObjectiveConfig) -> int:
+        """On a resumed run's interrupted stage: the learner's state from the checkpoint, the rollout workers and
+        an EMA teacher on the same weights. Returns the steps of the stage already trained (0 otherwise)."""
+        self._stage_steps_done = 0
+        if self.resume_from is None or self.resume_from[1].stage != name or self.resume_from[1].stage_done:
+            return 0
+        directory, state = self.resume_from
+        self.resume_from = None
+        self._say(f"[{name}] resuming after step {state.stage_step} from {directory}")
+        self.learner.load_state(str(directory / "learner"))
+        self.learner_steps = state.learner_steps
+        if objective.needs_rollouts:
+            self._push_policy()
+            self.policy_sync.wait()
+        self._stage_first_version = self.version
+        if self.learner.ema_decay is not None:
+            self.teacher.push_weights(self.learner_steps, self.learner.ema_state())
+        self._stage_steps_done = state.stage_step
+        return state.stage_step
 
     # --- helpers ---------------------------------------------------------------------------------------------
     def _start_teacher(self, init_path: str, objective: ObjectiveConfig) -> None:
@@ -482,5 +604,5 @@ def _dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def train(cfg: RunConfig, progress: bool = True) -> RunResult:
-    return Trainer(cfg, progress).run()
+def train(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
+    return Trainer(cfg, progress, resume=resume).run()

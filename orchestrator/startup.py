@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orchestrator.config import RayConfig
 
 
@@ -23,6 +25,44 @@ def load_tokenizer(model_path: str, end_of_turn: str | None = None):
     if tokenizer.chat_template is None:
         raise StartupError(f"the tokenizer of {model_path!r} has no chat template")
     return tokenizer
+
+
+def check_model(path: str, field: str) -> None:
+    """A local model directory, or an HF name already in the cache: caught here rather than inside a Ray actor."""
+    local = Path(path)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise StartupError(f"{field} {path!r} is not a model directory (no config.json)")
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except Exception:  # not a valid repo id either
+        cached = None
+    if not isinstance(cached, str):
+        raise StartupError(f"{field} {path!r} is neither a local directory nor a model in the HF cache")
+
+
+def check_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise StartupError(f"output_dir {str(path)!r} cannot be written: {error.strerror or error}") from None
+
+
+def check_port_free(host: str, port: int, field: str) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise StartupError(f"{field} {port} on {host} is in use; pick another (e.g. {field}=8322)") from None
 
 
 def check_shared_vocabulary(student_path: str, teacher_path: str, end_of_turn: str | None = None) -> None:

@@ -6,6 +6,8 @@ answers what it is asked.
 
 from __future__ import annotations
 
+import time
+
 from learner.types import TeacherScores
 from orchestrator import steps
 from orchestrator.config import ScoringConfig
@@ -31,6 +33,7 @@ class TeacherClient:
         self.temperature = temperature
         self.handle = deploy(model_path, cfg, actor_options)
         self.weights: TeacherWeights | None = None
+        self.retries = 0  # requests sent again because the replica answering them died
 
     @property
     def sparse(self) -> bool:
@@ -44,7 +47,10 @@ class TeacherClient:
     def score(self, sequences: steps.KdSequences) -> PendingScores:
         """Sends one KD set without waiting; the teacher scores it with the newest pushed weights."""
         requests = steps.score_requests(sequences, self.scoring, self.temperature)
-        return PendingScores(requests, self.handle.score_many.remote(requests, self.weights))
+        return PendingScores(self, requests, self.weights)
+
+    def send(self, requests, weights):
+        return self.handle.score_many.remote(requests, weights)
 
     def push_weights(self, version: int, state_ref) -> None:
         """Every replica loads `state_ref` ({HF name: tensor} in the object store) before its next scoring."""
@@ -62,10 +68,35 @@ class TeacherClient:
         self.weights = None
 
 
+class TeacherFailure(RuntimeError):
+    pass
+
+
 class PendingScores:
-    def __init__(self, requests, response):
-        self.requests = requests
-        self.response = response
+    """One KD set in flight. Serve re-routes a request whose replica died and replaces the replica; what Serve
+    gives up on (every replica dead or unreachable) is sent again here, with backoff, until `RETRY_WINDOW_S` has
+    passed (scoring has no side effects), and counted in `TeacherClient.retries`."""
+
+    RETRY_WINDOW_S = 180.0
+    FIRST_BACKOFF_S = 1.0
+
+    def __init__(self, client: TeacherClient, requests, weights):
+        self.client, self.requests, self.weights = client, requests, weights
+        self.response = client.send(requests, weights)
 
     def result(self) -> list[TeacherScores]:
-        return steps.teacher_scores(self.requests, self.response.result())
+        import ray
+
+        deadline, backoff = time.monotonic() + self.RETRY_WINDOW_S, self.FIRST_BACKOFF_S
+        while True:
+            try:
+                return steps.teacher_scores(self.requests, self.response.result())
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
+                if time.monotonic() > deadline:
+                    raise TeacherFailure(
+                        f"the teacher's replicas kept failing for {self.RETRY_WINDOW_S:.0f} s: {error}"
+                    ) from None
+                self.client.retries += 1
+                time.sleep(backoff)
+                backoff = min(2 * backoff, 10.0)
+                self.response = self.client.send(self.requests, self.weights)

@@ -69,6 +69,11 @@ class Verbalizer:
         self.targets = sorted(targets)
         self.rng = random.Random(seed)
 
+    def reseed(self, key: int) -> None:
+        """The random choices of one batch follow from `key` alone (the run's seed and the batch's rows), so a batch
+        is verbalized the same however many were prepared before it (asynchronous pipeline, resumed runs)."""
+        self.rng.seed(key)
+
     def crosslingual_targets(self, lang: str) -> list[str]:
         return [t for t in self.targets if t != lang]
 

@@ -12,6 +12,7 @@ HTTP:   POST {route_prefix} with JSON {"prompt_ids": [...], "response_ids": [...
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ray
@@ -40,6 +41,7 @@ class TeacherDeployment:
             "max_seq_len": self.scorer.max_seq_len,
             "weights_version": self.scorer.weights_version,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
         }
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:

@@ -90,3 +90,41 @@ def test_batches_cover_epochs_and_refuse_a_batch_larger_than_the_data():
     assert len({r.prompt for b in given[:2] for r in b}) == 8, "no row repeats within an epoch"
     with pytest.raises(DataError, match="larger than the 10 training rows"):
         next(batches(rows, 11, 1, seed=0))
+
+
+def test_unusable_rows_are_skipped_and_counted_or_stop_a_strict_run(tmp_path):
+    from collections import Counter
+
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps(r) for r in ROWS]
+    lines += [
+        '{"q": "4 + 2?", "a": "6", "language": "id"',  # cut off: not JSON
+        json.dumps({"q": "5 + 2?", "language": "id"}),  # no response
+        json.dumps({"q": "6 + 2?", "a": "   ", "language": "id"}),
+        json.dumps({"q": "7 + 2?", "a": "9", "language": "xx"}),
+    ]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"q": "8 + 2?", "a": "\xff\xfe", "language": "id"}\n')
+    skipped = Counter()
+    rows = load_examples(config(path), "train", skipped)
+    assert [r.prompt for r in rows] == [r["q"] for r in ROWS]
+    assert skipped == {
+        "malformed line (not a JSON object)": 1,
+        "missing response (column 'a')": 1,
+        "empty response": 1,
+        "unknown language 'xx' (known: en, id, vi, th, ta, tl, ms, my)": 1,
+        "undecodable text in response": 1,
+    }
+    with pytest.raises(DataError, match=r"mixed.jsonl: row 4: malformed line .*data.strict"):
+        load_examples(config(path, strict=True), "train")
+
+
+def test_rows_longer_than_the_limit_are_skipped(jsonl, tiny_world):
+    from collections import Counter
+
+    from orchestrator.startup import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_world / "student"))
+    skipped = Counter()
+    assert len(load_examples(config(jsonl), "train", skipped, (tokenizer, 10_000))) == 3 and not skipped
+    with pytest.raises(DataError, match="no usable rows.*longer than 8 tokens"):
+        load_examples(config(jsonl), "train", skipped, (tokenizer, 8))

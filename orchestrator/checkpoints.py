@@ -1,0 +1,113 @@
+"""Run checkpoints under `<run>/checkpoints/`, written atomically, found again by `--resume`.
+
+A checkpoint is a directory `<stage>-<step:06d>` holding `state.json` (the orchestrator's state: stage, step,
+versions, RNG state, the stages already finished, SeqKD's teacher responses, how many metric and ledger lines
+existed) and, for one taken inside a stage, `learner/` (DeepSpeed's weights, optimizer and scheduler of every rank,
+and the EMA) and `student/` (an HF export of the weights, loadable on its own). It is assembled in a hidden
+`.tmp-*` sibling and renamed into place, so a crash while writing never leaves a directory that looks complete;
+`state.json` is written last, and only directories that have one are candidates for a resume.
+
+The learner's ranks write their own shards: across nodes, `output_dir` must be storage every node sees (NFS, a
+mounted bucket), as for any multi-node trainer's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STAGES = ("cold_start", "distill")
+STATE_FILE = "state.json"
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+class RunFailure(RuntimeError):
+    """A run that cannot go on by itself (a learner rank died); the message says where to resume from."""
+
+
+@dataclass
+class RunState:
+    """Where a run stands between two steps."""
+
+    stage: str  # the stage this checkpoint was taken in (or just finished)
+    stage_step: int  # steps of `stage` trained so far
+    stage_done: bool  # the stage ended here (its HF checkpoint is in `finished`)
+    learner_steps: int  # optimizer steps over the whole run (the policy version)
+    finished: dict[str, str] = field(default_factory=dict)  # stage → its final HF checkpoint
+    verbalizer_rng: list | None = None  # random.Random.getstate() of the stage's verbalizer, JSON-friendly
+    teacher_responses: dict[str, list[int]] = field(default_factory=dict)  # SeqKD: prompt → ŷ
+    metrics_lines: int = 0  # lines of metrics.jsonl written up to here
+    ledger_lines: int = 0
+    result: dict = field(default_factory=dict)  # accuracy, stage_seconds so far
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return STAGES.index(self.stage), self.stage_step + (1 if self.stage_done else 0)
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def write(run_dir: Path, state: RunState, write_payload, keep_last: int) -> Path:
+    """Writes one checkpoint atomically. `write_payload(tmp_dir)` saves the learner and HF export into it (or
+    nothing for a stage-end checkpoint); `keep_last` complete checkpoints survive."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{state.stage}-{state.stage_step:06d}{'-end' if state.stage_done else ''}"
+    final, tmp = root / name, root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write_payload(tmp)
+    state_path = tmp / STATE_FILE
+    state_path.write_text(json.dumps(asdict(state), indent=1))
+    with open(state_path, "rb") as handle:
+        os.fsync(handle.fileno())
+    shutil.rmtree(final, ignore_errors=True)  # the same step written again (a resumed run): replace it
+    os.rename(tmp, final)
+    for old in complete(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in root.glob(".tmp-*"):  # a crash in an earlier write
+        shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def read_state(directory: Path) -> RunState:
+    return RunState(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def complete(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if not d.name.startswith(".") and (d / STATE_FILE).is_file()]
+    return sorted(found, key=lambda d: read_state(d).order)
+
+
+def latest(run_dir: Path) -> tuple[Path, RunState]:
+    found = complete(run_dir)
+    if not found:
+        raise ResumeError(
+            f"--resume: no complete checkpoint under {checkpoint_root(run_dir)} "
+            "(checkpoints are written every `checkpoint.every_steps` steps and at the end of each stage)"
+        )
+    return found[-1], read_state(found[-1])
+
+
+def truncate_lines(path: Path, lines: int) -> None:
+    """Drops what a crashed run logged after its last checkpoint, so the resumed run's log has each step once."""
+    if not path.is_file():
+        return
+    kept = path.read_text().splitlines(keepends=True)[:lines]
+    path.write_text("".join(kept))
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0

@@ -1,0 +1,59 @@
+"""Run checkpoints: atomic writes, the newest complete one found again, old ones pruned (no Ray here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import checkpoints
+from orchestrator.checkpoints import ResumeError, RunState
+
+
+def state(stage: str, step: int, done: bool = False) -> RunState:
+    return RunState(stage=stage, stage_step=step, stage_done=done, learner_steps=step)
+
+
+def test_the_newest_complete_checkpoint_wins_across_stages(tmp_path):
+    for s in (state("cold_start", 3), state("cold_start", 5, done=True), state("distill", 2)):
+        checkpoints.write(tmp_path, s, lambda d: (d / "payload").write_text("x"), keep_last=5)
+    path, found = checkpoints.latest(tmp_path)
+    assert (found.stage, found.stage_step) == ("distill", 2) and (path / "payload").read_text() == "x"
+    assert [p.name for p in checkpoints.complete(tmp_path)] == [
+        "cold_start-000003",
+        "cold_start-000005-end",
+        "distill-000002",
+    ]
+
+
+def test_a_crash_while_writing_leaves_nothing_a_resume_would_pick(tmp_path):
+    checkpoints.write(tmp_path, state("distill", 2), lambda d: None, keep_last=2)
+
+    def crash(directory):
+        (directory / "learner").mkdir()
+        raise KeyboardInterrupt  # killed half-way through the payload
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.write(tmp_path, state("distill", 4), crash, keep_last=2)
+    assert (checkpoints.checkpoint_root(tmp_path) / ".tmp-distill-000004").is_dir()
+    _, found = checkpoints.latest(tmp_path)
+    assert found.stage_step == 2
+    checkpoints.write(tmp_path, state("distill", 4), lambda d: None, keep_last=2)  # the next write cleans up
+    assert not list(checkpoints.checkpoint_root(tmp_path).glob(".tmp-*"))
+
+
+def test_only_the_last_k_are_kept(tmp_path):
+    for step in range(1, 6):
+        checkpoints.write(tmp_path, state("distill", step), lambda d: None, keep_last=2)
+    assert [p.name for p in checkpoints.complete(tmp_path)] == ["distill-000004", "distill-000005"]
+
+
+def test_resume_without_a_checkpoint_says_where_it_looked(tmp_path):
+    with pytest.raises(ResumeError, match="no complete checkpoint under .*checkpoints"):
+        checkpoints.latest(tmp_path)
+
+
+def test_truncating_logs_keeps_what_the_checkpoint_counted(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("a\nb\nc\n")
+    assert checkpoints.count_lines(log) == 3
+    checkpoints.truncate_lines(log, 2)
+    assert log.read_text() == "a\nb\n"

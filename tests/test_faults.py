@@ -1,0 +1,115 @@
+"""Worker faults: a teacher replica killed mid-request is replaced by Serve and the request sent again; a learner
+rank killed stops the run with one message naming the checkpoint to resume from, and the resume completes it."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import pytest
+from conftest import e2e_config
+
+from orchestrator import steps
+from orchestrator.checkpoints import RunFailure
+from orchestrator.loop import Trainer
+from orchestrator.metrics import read_ledger
+from orchestrator.teacher_client import TeacherClient
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_teacher_replica_killed_mid_request_is_replaced_and_the_request_retried(
+    run, tiny_world, serve_port, tmp_path
+):
+    cfg = e2e_config(tiny_world, tmp_path, serve_port, name="faults")
+    teacher = cfg.teacher.model_copy(update={"app_name": "teacher-faults"})
+    client = TeacherClient(teacher, cfg.scoring, str(tiny_world / "teacher"), 1.0)
+    try:
+        rng = random.Random(0)
+        # Large enough that the replica is still scoring when it is killed (a few seconds on 2 cores).
+        prompts = [[rng.randrange(3, 1000) for _ in range(40)] for _ in range(192)]
+        responses = [[rng.randrange(3, 1000) for _ in range(300)] for _ in range(192)]
+        sequences = steps.KdSequences(prompts, prompts, responses)
+        expected = client.score(sequences).result()
+        pid = client.handle.info.remote().result()["pid"]
+        pending = client.score(sequences)
+        os.kill(pid, signal.SIGKILL)
+        scores = pending.result()  # Serve re-routes it, or the client sends it again
+        assert len(scores) == len(expected)
+        for got, want in zip(scores, expected, strict=True):
+            assert (got.topk_ids == want.topk_ids).all()
+        assert client.handle.info.remote().result()["pid"] != pid  # a new replica answers
+    finally:
+        client.shutdown()
+
+
+def test_scores_are_sent_again_while_no_replica_can_answer(monkeypatch):
+    """The client's own retry, for what Serve gives up on. The handle is replaced by a stand-in whose first two
+    answers fail the way a dead deployment's do (no Ray needed to produce an exception)."""
+    import numpy as np
+    import ray
+
+    from orchestrator.teacher_client import PendingScores
+    from teacher_server.types import ScoreRequest, ScoreResponse
+
+    class Failing:
+        def __init__(self, error):
+            self.error = error
+
+        def result(self):
+            raise self.error
+
+    class Answer:
+        def result(self):
+            return [ScoreResponse(full_logprobs=np.zeros((2, 4), np.float32), temperature=1.0)]
+
+    class Client:
+        retries = 0
+
+        def __init__(self):
+            self.answers = [
+                Failing(ray.exceptions.ActorUnavailableError("replica unreachable", None)),
+                Failing(ray.exceptions.RayActorError()),
+                Answer(),
+            ]
+
+        def send(self, requests, weights):
+            return self.answers.pop(0)
+
+    monkeypatch.setattr(PendingScores, "FIRST_BACKOFF_S", 0.01)
+    client = Client()
+    scores = PendingScores(client, [ScoreRequest([1], [2, 3], top_k=None)], None).result()
+    assert client.retries == 2 and scores[0].full.shape == (2, 4)
+
+
+def test_a_learner_rank_killed_stops_the_run_with_a_resume_hint(
+    run, shared_rollout, tiny_world, serve_port, tmp_path, monkeypatch
+):
+    import ray
+
+    models = {"student": run.result.checkpoints["cold_start"], "teacher": str(tiny_world / "teacher")}
+    stage = {"steps": 3, "batch_size": 8, "lr": 1e-2}
+    cfg = e2e_config(
+        tiny_world,
+        tmp_path,
+        serve_port,
+        name="learner-dies",
+        models=models,
+        cold_start={"enabled": False},
+        distill=stage,
+        checkpoint={"every_steps": 1},
+    )
+    original = Trainer.learn
+
+    def learn(self, prepared, max_staleness):
+        if self.learner_steps == 1:
+            ray.kill(self.learner.ranks[0], no_restart=True)  # as if its process or node died
+        return original(self, prepared, max_staleness)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "learn", learn)
+        with pytest.raises(RunFailure, match=r"learner rank died during optimizer step 2 .*distill-000001.*--resume"):
+            Trainer(cfg, False, shared_rollout).run()
+    Trainer(cfg, False, shared_rollout, resume=True).run()
+    assert [e["step"] for e in read_ledger(cfg.run_dir / "ledger.jsonl")] == [1, 2, 3]
