@@ -78,6 +78,25 @@ def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(
     assert sorted(names) == ["distill-000002", "distill-000004-end"]  # keep_last = 2
 
 
+def test_an_ema_teacher_is_restored_on_resume(run, shared_rollout, tiny_world, serve_port, tmp_path, monkeypatch):
+    """SDFT scores with an EMA of the student: the resumed run's teacher must hold the EMA of the checkpoint,
+    or its losses drift from the uninterrupted run's from the first resumed step on."""
+    stage = {"steps": 3, "batch_size": 8, "lr": 1e-2}
+    fields = {"method": "sdft", "rollout": GREEDY, "distill": stage, "checkpoint": {"every_steps": 1}}
+    whole = Trainer(_config(run, tiny_world, serve_port, tmp_path, "sdft-whole", **fields), False, shared_rollout)
+    whole.run()
+    cfg = _config(run, tiny_world, serve_port, tmp_path, "sdft-crashed", **fields)
+    assert cfg.recipe.teacher == "ema"
+    with monkeypatch.context() as patch:
+        _crash_at(patch, 2)
+        with pytest.raises(SimulatedCrash):
+            Trainer(cfg, False, shared_rollout).run()
+    Trainer(cfg, False, shared_rollout, resume=True).run()
+    assert [loss for _, loss in _losses(cfg.run_dir)] == pytest.approx(
+        [loss for _, loss in _losses(whole.run_dir)], rel=1e-6
+    )
+
+
 def test_a_resume_with_the_asynchronous_pipeline_trains_every_prompt_once(
     run, shared_rollout, tiny_world, serve_port, tmp_path, monkeypatch
 ):
