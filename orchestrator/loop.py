@@ -108,9 +108,7 @@ class Trainer:
         # Mistakes a user can make are caught here, before Ray or any model starts.
         check_output_dir(self.run_dir)
         check_model(cfg.models.student, "models.student")
-        if (
-            cfg.distill.enabled and cfg.objective.uses_teacher and cfg.recipe.teacher == "model"
-        ) or cfg.eval.compare_teacher:
+        if self.uses_teacher_model:
             check_model(cfg.models.teacher, "models.teacher")
         self.resume_from: tuple[Path, checkpoints.RunState] | None = None
         if resume:
@@ -226,6 +224,8 @@ class Trainer:
             label = "cold start (SFT)" if name == "cold_start" else f"{self.cfg.method} student"
             self.result.accuracy[label] = self._evaluate_rollout()
             self._say(f"[{name}] eval avg exact match: {self.result.accuracy[label]['avg']:.1f}%")
+        self.finished[name] = checkpoint
+        self._write_checkpoint(name, self._stage_steps_done, stage_done=True)  # its eval included
         return checkpoint
 
     def begin_stage(
@@ -293,8 +293,6 @@ class Trainer:
         self.learner.shutdown()
         self.learner = None
         self.result.checkpoints[name] = checkpoint
-        self.finished[name] = checkpoint
-        self._write_checkpoint(name, self._stage_steps_done, stage_done=True)
         return checkpoint
 
     def _train_loop(self, name, stage, objective, verbalizer, num_steps: int, first_step: int = 1) -> None:
