@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from learner.objective import at_least_float32
 from learner.packing import PackedSequences
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # hidden states [n, H] → logits [n, V]
@@ -57,8 +58,7 @@ def map_chunks(
     recompute = torch.is_grad_enabled() and states.hidden.requires_grad and states.hidden.size(0) > size
 
     def run(hidden: torch.Tensor, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = states.head(hidden)
-        return fn(logits if logits.dtype == torch.float64 else logits.float(), *args)
+        return fn(at_least_float32(states.head(hidden)), *args)
 
     outputs: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, states.hidden.size(0), size):
