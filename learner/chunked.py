@@ -73,13 +73,28 @@ def map_chunks(
 
 
 def output_head(model) -> Head:
-    """The module that maps final hidden states to logits, with the model's own logit post-processing."""
+    """The module that maps final hidden states to logits, with what the model's forward does after it: Cohere's
+    `logit_scale`, Granite's `logits_scaling`, Gemma's soft-capping (Qwen and Llama have none of these)."""
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
     head = module.get_output_embeddings()
-    softcap = getattr(module.config, "final_logit_softcapping", None)
-    if not softcap:
+    config = module.config
+    scale = getattr(config, "logit_scale", None)
+    divide = getattr(config, "logits_scaling", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if not (scale or divide or softcap):
         return head
-    return lambda hidden: torch.tanh(head(hidden) / softcap) * softcap
+
+    def scaled(hidden: torch.Tensor) -> torch.Tensor:
+        logits = head(hidden)
+        if scale:
+            logits = logits * scale
+        if divide:
+            logits = logits / divide
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return scaled
 
 
 def response_states(model, packed: PackedSequences, chunk_size: int) -> ResponseStates:

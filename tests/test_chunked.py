@@ -240,3 +240,29 @@ def test_a_single_chunk_keeps_its_logits_instead_of_recomputing():
     (values,) = map_chunks(states, lambda logits: (torch.logsumexp(logits, -1),))
     values.sum().backward()
     assert widths == [3]
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "cohere", "granite"])
+def test_response_states_follow_heads_that_rescale_logits(kind):
+    """Soft-capping (Gemma2), a logit scale (Cohere), a logit divisor (Granite): applied after the head."""
+    import transformers
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    if kind == "gemma2":
+        config = transformers.Gemma2Config(**common, num_key_value_heads=1, head_dim=16, final_logit_softcapping=3.0)
+        model = transformers.Gemma2ForCausalLM(config)
+    elif kind == "cohere":
+        model = transformers.CohereForCausalLM(
+            transformers.CohereConfig(**common, num_key_value_heads=1, logit_scale=0.25)
+        )
+    else:
+        model = transformers.GraniteForCausalLM(
+            transformers.GraniteConfig(**common, num_key_value_heads=1, logits_scaling=4.0)
+        )
+    model = model.double().eval()
+    packed = pack(TokenSequences([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]]), 0)
+    with torch.no_grad():
+        expected = whole_logits(model, packed)[packed.response_mask]
+        got = response_states(model, packed, chunk_size=2).logits()
+    torch.testing.assert_close(got, expected)
