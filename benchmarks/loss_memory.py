@@ -68,19 +68,31 @@ def objective_config():
     return ObjectiveConfig(alpha=0.0, lam=1.0, divergence="rkl")
 
 
-def kd_loss(mode: str, forward_hidden, head, teacher, mask, chunk: int):
-    """The loss the learner computes, chunked (`mode` = "chunked") or from whole logits ("whole")."""
-    from learner.chunked import ResponseStates
-    from learner.losses import kd_divergence, kd_per_token
+def whole_logits_loss(cfg, logits, teacher, mask):
+    """The learner's loss before chunking: the divergence over whole [B, R, V] logits."""
+    from learner.losses import kd_divergence
     from learner.objective import masked_mean
+
+    return masked_mean(kd_divergence(cfg, logits, teacher), mask)
+
+
+def chunked_loss(cfg, states, teacher):
+    """The learner's loss now: the divergence chunk by chunk over the response positions' hidden states."""
+    from learner.losses import kd_per_token
+
+    divergence, _ = kd_per_token(cfg, states, teacher)
+    return divergence.mean()
+
+
+def kd_loss(mode: str, forward_hidden, head, teacher, mask, chunk: int):
+    """The loss on given hidden states and head, chunked (`mode` = "chunked") or from whole logits ("whole")."""
+    from learner.chunked import ResponseStates
 
     cfg = objective_config()
     hidden = forward_hidden()  # [B, R, H]
     if mode == "whole":
-        return masked_mean(kd_divergence(cfg, head(hidden), teacher), mask)
-    states = ResponseStates(hidden=hidden[mask], mask=mask, head=head, chunk_size=chunk)
-    divergence, _ = kd_per_token(cfg, states, teacher)
-    return divergence.mean()
+        return whole_logits_loss(cfg, head(hidden), teacher, mask)
+    return chunked_loss(cfg, ResponseStates(hidden=hidden[mask], mask=mask, head=head, chunk_size=chunk), teacher)
 
 
 # --- GPU: the full student -------------------------------------------------------------------------------------
@@ -132,20 +144,14 @@ def gpu_probe(repeats: int) -> list[dict]:
 
 
 def _whole_logits_loss(model, packed, teacher, cfg):
-    """The learner's loss before chunking: whole [B, R, V] logits from the model, then the divergence."""
-    from learner.losses import kd_divergence
-    from learner.objective import masked_mean
-
     logits = model(**_inputs(packed), logits_to_keep=packed.response_width).logits
-    return masked_mean(kd_divergence(cfg, logits, teacher), packed.response_mask)
+    return whole_logits_loss(cfg, logits, teacher, packed.response_mask)
 
 
 def _chunked_loss(model, packed, teacher, cfg, chunk: int):
     from learner.chunked import response_states
-    from learner.losses import kd_per_token
 
-    divergence, _ = kd_per_token(cfg, response_states(model, packed, chunk), teacher)
-    return divergence.mean()
+    return chunked_loss(cfg, response_states(model, packed, chunk), teacher)
 
 
 def _inputs(packed) -> dict:

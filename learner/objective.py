@@ -161,11 +161,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log π(y|x) summed over response tokens, per sequence [B]."""
-    return (token_logprobs(logits, labels) * mask.to(logits.dtype)).sum(-1)
-
-
 def spin_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -187,34 +182,10 @@ def cross_entropy_per_token(token_logps: torch.Tensor, kind: Literal["sft", "dft
     raise ValueError(f"unknown cross-entropy kind {kind!r}; expected sft or dft")
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on response tokens, mean over tokens."""
-    return masked_mean(cross_entropy_per_token(token_logprobs(logits, labels), "sft"), mask)
-
-
-def dft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """DFT: each token's cross-entropy weighted by the stop-gradient of its own probability."""
-    return masked_mean(cross_entropy_per_token(token_logprobs(logits, labels), "dft"), mask)
-
-
 def topk_hits(student_logits: torch.Tensor, teacher_top_ids: torch.Tensor, k: int) -> torch.Tensor:
-    """|topk(π_θ) ∩ teacher's top-k| / k per position, from the teacher's top ids (sorted, best first) [..., ≥k]."""
+    """|topk(π_θ) ∩ teacher's top-k| / k per position (paper §7.1), from the teacher's top ids (sorted, best first)
+    [..., ≥k]."""
     k = min(k, student_logits.size(-1), teacher_top_ids.size(-1))
     student_top = student_logits.topk(k, dim=-1).indices
     teacher_top = teacher_top_ids[..., :k].to(student_top.device)
     return (student_top.unsqueeze(-1) == teacher_top.unsqueeze(-2)).any(-1).sum(-1).to(torch.float32) / k
-
-
-def topk_overlap_with_ids(
-    student_logits: torch.Tensor, teacher_top_ids: torch.Tensor, mask: torch.Tensor, k: int
-) -> torch.Tensor:
-    """The same ratio when only the teacher's top ids (sorted, best first) are known [B, T, ≥k]."""
-    return masked_mean(topk_hits(student_logits, teacher_top_ids, k), mask)
-
-
-def topk_overlap(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, k: int
-) -> torch.Tensor:
-    """|topk(π_T) ∩ topk(π_θ)| / k averaged over masked positions (paper §7.1)."""
-    k = min(k, student_logits.size(-1))
-    return topk_overlap_with_ids(student_logits, teacher_logits.topk(k, dim=-1).indices, mask, k)

@@ -50,6 +50,14 @@ def serve_port() -> int:
     return free_port()
 
 
+def assert_planned_batches_trained_once(ledger: list[dict], planned: list[list[int]]) -> None:
+    """The ledger holds every planned batch, in order, once: nothing lost, nothing trained twice."""
+    assert [e["step"] for e in ledger] == list(range(1, len(planned) + 1))
+    assert [e["samples"] for e in ledger] == planned
+    trained = [i for e in ledger for i in e["samples"]]
+    assert len(trained) == len(set(trained)) == sum(len(batch) for batch in planned)
+
+
 def e2e_config(tiny_world: Path, output_dir: Path, serve_port: int, **fields):
     from orchestrator.config import RunConfig
     from orchestrator.presets import apply_preset

@@ -4,7 +4,7 @@ most two versions old and every prompt of every step is trained exactly once (th
 from __future__ import annotations
 
 import pytest
-from conftest import e2e_config
+from conftest import assert_planned_batches_trained_once, e2e_config
 
 from orchestrator.loop import Trainer
 from orchestrator.metrics import read_ledger
@@ -65,11 +65,7 @@ def test_max_staleness_two_bounds_the_staleness_and_trains_every_prompt_once(
     finally:
         trainer.close()
     ledger = read_ledger(trainer.run_dir / "ledger.jsonl")
-    assert [e["step"] for e in ledger] == list(range(1, steps + 1))
-    # Exactly the planned batches, in order: nothing lost, nothing trained twice.
-    assert [e["samples"] for e in ledger] == trainer.data_order("distill", 8, steps)
-    trained = [i for e in ledger for i in e["samples"]]
-    assert len(trained) == len(set(trained)) == steps * 8
+    assert_planned_batches_trained_once(ledger, trainer.data_order("distill", 8, steps))
     staleness = []
     for entry in ledger:
         assert entry["learner_version"] == first_version + entry["step"] - 1

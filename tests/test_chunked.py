@@ -52,8 +52,9 @@ def unchunked_loss(cfg: ObjectiveConfig, batch: TrainBatch, policy, reference) -
     chosen = pack(batch.chosen, 0)
     logits = whole_logits(policy, chosen)
     if cfg.cross_entropy != "none":
-        loss_fn = objective.sft_loss if cfg.cross_entropy == "sft" else objective.dft_loss
-        terms[cfg.cross_entropy] = loss_fn(logits, chosen.labels, chosen.response_mask)
+        logp = torch.log_softmax(logits, -1).gather(-1, chosen.labels.unsqueeze(-1)).squeeze(-1)
+        per_token = -logp if cfg.cross_entropy == "sft" else -logp * logp.detach().exp()
+        terms[cfg.cross_entropy] = objective.masked_mean(per_token, chosen.response_mask)
     if cfg.alpha > 0:
         rejected = pack(batch.rejected, 0)
         both = pack(
@@ -61,7 +62,8 @@ def unchunked_loss(cfg: ObjectiveConfig, batch: TrainBatch, policy, reference) -
         )
 
         def seq(model_logits, packed):
-            return objective.sequence_logprob(model_logits, packed.labels, packed.response_mask)
+            logp = torch.log_softmax(model_logits, -1).gather(-1, packed.labels.unsqueeze(-1)).squeeze(-1)
+            return (logp * packed.response_mask).sum(-1)
 
         with torch.no_grad():
             ref = seq(whole_logits(reference, both), both)

@@ -180,12 +180,11 @@ def test_sparse_rejects_ids_outside_the_vocabulary_and_measures_closure():
     assert objective.sparse_closure_error(ids, picked + 0.1, tail).max() > 1e-2
 
 
-def test_topk_overlap_counts_shared_ids():
+def test_topk_hits_count_shared_ids():
     student = torch.tensor([[[5.0, 4.0, 3.0, 0.0, 0.0]]])
     teacher = torch.tensor([[[5.0, 0.0, 4.0, 3.0, 0.0]]])
-    mask = torch.tensor([[True]])
-    assert objective.topk_overlap(student, teacher, mask, 2) == pytest.approx(0.5)  # {0,1} vs {0,2}
-    assert objective.topk_overlap_with_ids(student, torch.tensor([[[0, 2, 3]]]), mask, 3) == pytest.approx(2 / 3)
+    assert objective.topk_hits(student, teacher.topk(2, -1).indices, 2) == pytest.approx(0.5)  # {0,1} vs {0,2}
+    assert objective.topk_hits(student, torch.tensor([[[0, 2, 3]]]), 3) == pytest.approx(2 / 3)
 
 
 def test_spin_limits_and_hand_value():
@@ -207,7 +206,8 @@ def test_dft_weights_by_detached_probability():
     mask = torch.tensor([[True, True, False]])
     logp = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     expected = (-(logp * logp.detach().exp()) * mask).sum() / 2
-    torch.testing.assert_close(objective.dft_loss(logits, labels, mask), expected)
+    dft = objective.cross_entropy_per_token(objective.token_logprobs(logits, labels), "dft")
+    torch.testing.assert_close(objective.masked_mean(dft, mask), expected)
 
 
 def tiny_qwen2(vocab_size: int):
@@ -288,9 +288,12 @@ def test_sft_and_dft_losses_match_hand_computation():
     mask = torch.tensor([[True, True, True], [True, True, False]])
     logp = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     nll = [-logp[b, t].item() for b in range(2) for t in range(3) if mask[b, t]]
-    assert objective.sft_loss(logits, labels, mask).item() == pytest.approx(sum(nll) / 5)
+    token_logps = objective.token_logprobs(logits, labels)
+    sft = objective.masked_mean(objective.cross_entropy_per_token(token_logps, "sft"), mask)
+    assert sft.item() == pytest.approx(sum(nll) / 5)
     weighted = [-logp[b, t].item() * math.exp(logp[b, t].item()) for b in range(2) for t in range(3) if mask[b, t]]
-    assert objective.dft_loss(logits, labels, mask).item() == pytest.approx(sum(weighted) / 5)
+    dft = objective.masked_mean(objective.cross_entropy_per_token(token_logps, "dft"), mask)
+    assert dft.item() == pytest.approx(sum(weighted) / 5)
 
 
 def _scored_batch(teacher, x, y, p_z, y_tilde, sparse_k=None):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,18 +134,10 @@ def _interrupt_when(command: list[str], ready: str, timeout_s: float = 240) -> t
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_ctrl_c_stops_the_teacher_server_and_its_ray(tiny_world):
     command = ["teacher", "serve", "configs/demo.yaml", f"models.teacher={tiny_world / 'teacher'}"]
-    command += [f"teacher.http_port={_free_port()}", "ray.num_cpus=1"]
+    command += [f"teacher.http_port={free_port()}", "ray.num_cpus=1"]
     code, _ = _interrupt_when(command, "serving on")
     assert code == 0
 
@@ -155,6 +148,6 @@ def test_ctrl_c_stops_a_training_run_within_seconds(tmp_path, tiny_world):
     command = ["train", "configs/demo.yaml", f"models.student={tiny_world / 'student'}"]
     command += [f"models.teacher={tiny_world / 'teacher'}", f"data.train_path={data}", f"data.eval_path={data}"]
     command += [f"output_dir={tmp_path / 'run'}", "cold_start.steps=10000", "cold_start.batch_size=4"]
-    command += ["eval.compare_teacher=false", "eval.at_end_of_stages=false", f"teacher.http_port={_free_port()}"]
+    command += ["eval.compare_teacher=false", "eval.at_end_of_stages=false", f"teacher.http_port={free_port()}"]
     code, output = _interrupt_when(command, "ready after (s)")
     assert code == 130 and "dudi: interrupted; stopping" in output
