@@ -101,6 +101,64 @@ def latest(run_dir: Path) -> tuple[Path, RunState]:
     return found[-1], read_state(found[-1])
 
 
+# Settings a resume may change: where and how wide things run, how often to checkpoint, what to evaluate. Anything
+# else (models, data, seed, objective, stages, optimizer, sampling) would make the resumed run a different run.
+RESUMABLE_CHANGES = (
+    "name",
+    "output_dir",
+    "ray",
+    "checkpoint",
+    "weight_sync",
+    "eval",
+    "data.strict",
+    "rollout.num_workers",
+    "rollout.max_restarts",
+    "rollout.restart_timeout_s",
+    "rollout.resources",
+    "rollout.num_cpus_per_worker",
+    "rollout.num_gpus_per_worker",
+    "rollout.kv_cache_gib",
+    "teacher.num_replicas",
+    "teacher.resources",
+    "teacher.http_port",
+    "teacher.http_host",
+    "teacher.num_cpus_per_replica",
+    "teacher.num_gpus_per_replica",
+    "learner.resources",
+)
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two config dumps, except those a resume may change."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        name = f"{prefix}{key}"
+        if name in RESUMABLE_CHANGES:
+            continue
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += config_changes(old, new, f"{name}.")
+        elif old != new:
+            changed.append(name)
+    return changed
+
+
+def check_same_config(run_dir: Path, config: dict) -> None:
+    """A resume continues the run its checkpoint came from: the settings that shape training must not change."""
+    import yaml
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    changed = config_changes(yaml.safe_load(saved.read_text()) or {}, config)
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ResumeError(
+            f"--resume: the config differs from the run's ({saved}) in {shown}; put those back, or start a new run "
+            "under another name"
+        )
+
+
 def truncate_lines(path: Path, lines: int) -> None:
     """Drops what a crashed run logged after its last checkpoint, so the resumed run's log has each step once."""
     if not path.is_file():

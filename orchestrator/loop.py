@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 import zlib
 from collections import Counter
@@ -35,11 +36,11 @@ from orchestrator.startup import (
     init_ray,
     load_tokenizer,
 )
-from orchestrator.teacher_client import TeacherClient
+from orchestrator.teacher_client import TeacherClient, TeacherFailure
 from orchestrator.tokens import encode_prompt
 from orchestrator.verbalizer import Verbalizer, VerbalizerTemplates
 from orchestrator.weight_sync import PolicySync
-from rollout.group import RolloutGroup
+from rollout.group import RolloutFailure, RolloutGroup
 from rollout.types import GenerationRequest, WeightSnapshot
 
 COLD_START_OBJECTIVE = ObjectiveConfig(cross_entropy="sft", alpha=0.0, kd_weight=0.0)
@@ -113,6 +114,7 @@ class Trainer:
         self.resume_from: tuple[Path, checkpoints.RunState] | None = None
         if resume:
             self.resume_from = checkpoints.latest(self.run_dir)
+            checkpoints.check_same_config(self.run_dir, cfg.model_dump(mode="json"))
             state = self.resume_from[1]
             # What the crashed run logged after its checkpoint is logged again by the resumed one.
             checkpoints.truncate_lines(self.run_dir / "metrics.jsonl", state.metrics_lines)
@@ -129,7 +131,7 @@ class Trainer:
                 counts = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common())
                 self._say(f"[data] {split}: skipped {sum(reasons.values())} rows: {counts} (data.strict stops instead)")
         self.languages = sorted({r.lang for r in self.train_rows})
-        self.metrics = MetricsLogger(self.run_dir)
+        self.metrics = MetricsLogger(self.run_dir, resume_after=self._steps_kept_on_resume())
         self.ledger = Ledger(self.run_dir)
         self.placement: Placement | None = None
         self.rollout: RolloutGroup | None = rollout
@@ -143,6 +145,8 @@ class Trainer:
         self._stage_first_version = 0
         self._stage_steps_done = 0
         self.learner_steps = 0
+        # Held while the learner steps and pushes, so a restarted rollout worker is given weights of a known version.
+        self._learner_busy = threading.Lock()
         self.result = RunResult(self.run_dir)
         self.finished: dict[str, str] = {}  # stage → its final HF checkpoint
         if self.resume_from is not None:
@@ -152,6 +156,17 @@ class Trainer:
             self.result.checkpoints.update(state.finished)
             self.result.accuracy.update(state.result.get("accuracy", {}))
             self.result.stage_seconds.update(state.result.get("stage_seconds", {}))
+
+    def _steps_kept_on_resume(self) -> dict[str, int]:
+        """Per unfinished stage, the steps a resume keeps from the crashed run (the rest are trained again)."""
+        if self.resume_from is None:
+            return {}
+        state = self.resume_from[1]
+        return {
+            stage: state.stage_step if stage == state.stage and not state.stage_done else 0
+            for stage in ("cold_start", "distill")
+            if stage not in state.finished
+        }
 
     @property
     def uses_teacher_model(self) -> bool:
@@ -184,6 +199,8 @@ class Trainer:
             if self.policy_sync is not None:
                 self.policy_sync.close()
         finally:
+            if self.rollout is not None and not self.owns_rollout:
+                self.rollout.restore_weights = None  # borrowed engines outlive this trainer
             for group in (self.learner, self.rollout if self.owns_rollout else None):
                 if group is not None:
                     group.shutdown()
@@ -209,6 +226,10 @@ class Trainer:
                 model_path = self.run_stage(name, stage, objective or self.cfg.objective, model_path)
             self._write_results()
             return self.result
+        except (RolloutFailure, TeacherFailure) as error:  # restarts and retries ran out
+            raise self._failure(str(error)) from None
+        except ray.exceptions.RayActorError as error:  # an actor Ray does not restart (a learner rank, mid-push)
+            raise self._failure(f"a component died ({_first_line(error)})") from None
         finally:
             self.close()
 
@@ -267,6 +288,7 @@ class Trainer:
             self.rollout.load_weights(WeightSnapshot(self.version, init_path))
             self.rollout_weights = init_path
         self.policy_sync = PolicySync(self.learner, self.rollout, self.cfg.weight_sync)
+        self.rollout.restore_weights = self._restore_workers
         self.result.nodes[name] = {"learner": [self.learner.node_id()], "rollout": self.rollout.node_ids()}
         if self.teacher is not None:
             self.result.nodes[name]["teacher"] = [self.teacher.node_id()]
@@ -286,9 +308,11 @@ class Trainer:
         }
         self.policy_sync.close()
         self.policy_sync = None
+        self.rollout.restore_weights = None
         checkpoint = str(self.run_dir / name)
         self.learner.save_checkpoint(checkpoint)
         self.rollout_weights = checkpoint  # the sync above left the engines on exactly these weights
+        self.rollout.weights_source = WeightSnapshot(self.version, checkpoint)  # for a worker restarted later
         self.tokenizer.save_pretrained(checkpoint)
         self.learner.shutdown()
         self.learner = None
@@ -325,9 +349,10 @@ class Trainer:
                 waited = time.perf_counter()
                 prepared = pending.pop(step).result()  # rollout workers + teacher
                 wait_s = time.perf_counter() - waited
-                metrics = self.learn(prepared, max_staleness)  # learner
-                if objective.needs_rollouts:
-                    metrics["time/sync_s"] = self._push_policy()  # learner → rollout workers
+                with self._learner_busy:
+                    metrics = self.learn(prepared, max_staleness)  # learner
+                    if objective.needs_rollouts:
+                        metrics["time/sync_s"] = self._push_policy()  # learner → rollout workers
                 metrics["time/wait_s"] = wait_s
                 self.metrics.log(name, step, metrics)
                 self.ledger.record(
@@ -393,6 +418,8 @@ class Trainer:
         batch = steps.assemble_batch(prompts, rejected, kd, scores)
         if self.teacher is not None:
             timings["teacher/retries"] = float(self.teacher.retries)  # so far in the stage
+            timings["teacher/replica_restarts"] = float(self.teacher.replica_restarts())
+        timings["rollout/restarts"] = float(self.rollout.restarts)  # so far in the run
         return PreparedBatch(batch, row_ids, {**rollout_stats, **timings})
 
     def _rank_and_score(self, kd: steps.KdSets, lap) -> dict:
@@ -453,18 +480,27 @@ class Trainer:
         self.result.policy_version = self.version
         return time.perf_counter() - clock
 
+    def _restore_workers(self, lost: list[int]) -> None:
+        """Restarted rollout workers take the newest pushed weights (between two learner steps)."""
+        with self._learner_busy:
+            self._say(f"restoring rollout worker(s) {lost} after a restart, policy version {self.version}")
+            self.policy_sync.restore(lost, self.version)
+
     def _learner_failure(self, error: Exception) -> checkpoints.RunFailure:
         """A dead learner rank ends the run: its optimizer state is gone, so only a checkpoint can continue it."""
-        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return self._failure(
+            f"a learner rank died during optimizer step {self.learner_steps + 1} ({_first_line(error)})"
+        )
+
+    def _failure(self, what: str) -> checkpoints.RunFailure:
+        """One line: what ended the run, and where a resume would continue from."""
         found = checkpoints.complete(self.run_dir)
         where = (
             f"continue from {found[-1].name} with `dudi train CONFIG --resume`"
             if found
             else "no checkpoint was written yet (checkpoint.every_steps)"
         )
-        return checkpoints.RunFailure(
-            f"a learner rank died during optimizer step {self.learner_steps + 1} ({cause}); {where}"
-        )
+        return checkpoints.RunFailure(f"{what}; {where}")
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def _write_checkpoint(self, stage: str, step: int, stage_done: bool = False) -> None:
@@ -594,6 +630,11 @@ class Trainer:
     def _say(self, text: str) -> None:
         if self.progress:
             print(text, flush=True)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _dump_yaml(cfg: RunConfig) -> str:

@@ -8,23 +8,40 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    """State: the open TensorBoard writer and jsonl file of one run."""
+    """State: one TensorBoard writer per stage (`<run>/tensorboard/<stage>`) and the run's jsonl file.
 
-    def __init__(self, run_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
+    `resume_after`: per stage, the last step a resumed run's checkpoint holds. TensorBoard then hides that stage's
+    later events, which the crashed run wrote and the resumed run writes again (TensorBoard purges by step, for
+    every tag of an event directory, hence a directory per stage).
+    """
 
+    def __init__(self, run_dir: Path, resume_after: dict[str, int] | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.tensorboard_dir = run_dir / "tensorboard"
+        self.resume_after = dict(resume_after or {})
+        self.writers: dict = {}
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
+    def _writer(self, stage: str):
+        if stage not in self.writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = self.resume_after.get(stage)
+            self.writers[stage] = SummaryWriter(
+                str(self.tensorboard_dir / stage), purge_step=None if purge is None else purge + 1
+            )
+        return self.writers[stage]
+
     def log(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+        writer = self._writer(stage)
         for key, value in metrics.items():
-            self.writer.add_scalar(f"{stage}/{key}", value, step)
+            writer.add_scalar(f"{stage}/{key}", value, step)
         self.jsonl.write(json.dumps({"stage": stage, "step": step, "time": time.time(), **metrics}) + "\n")
         self.jsonl.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
         self.jsonl.close()
 
 

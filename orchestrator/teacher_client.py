@@ -31,6 +31,7 @@ class TeacherClient:
         self.cfg = cfg
         self.scoring = scoring
         self.temperature = temperature
+        self.deployed_at_ms = time.time() * 1000
         self.handle = deploy(model_path, cfg, actor_options)
         self.weights: TeacherWeights | None = None
         self.retries = 0  # requests sent again because the replica answering them died
@@ -55,6 +56,14 @@ class TeacherClient:
     def push_weights(self, version: int, state_ref) -> None:
         """Every replica loads `state_ref` ({HF name: tensor} in the object store) before its next scoring."""
         self.weights = TeacherWeights(version, state=state_ref)
+
+    def replica_restarts(self) -> int:
+        """Replicas of this deployment that died while it was deployed (Serve replaced each of them)."""
+        from ray._private.state import state  # the GCS actor table: Ray's only per-actor record without a dashboard
+
+        prefix = f"SERVE_REPLICA::{self.cfg.app_name}#"
+        dead = state.actor_table(None, actor_state_name="DEAD").values()
+        return sum(1 for a in dead if a["Name"].startswith(prefix) and a["StartTime"] >= self.deployed_at_ms)
 
     def node_id(self) -> str:
         """The Ray node of the replica that answers (one of them, with several)."""

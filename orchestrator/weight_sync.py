@@ -7,6 +7,9 @@
 
 `auto` takes files when every worker runs on rank 0's node and broadcast otherwise. Loads are queued on the
 workers behind the calls already there, so a sync never waits for a generation in flight; `wait()` does.
+
+A worker that died and was restarted by Ray is given the current weights with `restore`: through a file on the
+same node, or by everyone joining a new weight group (its death broke the old one) and one more broadcast.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import ray
 
 from learner.group import LearnerGroup
 from orchestrator.config import WeightSyncConfig
-from rollout.group import RolloutGroup
+from rollout.group import LOST_WORKER_ERRORS, RolloutGroup
 from rollout.types import WeightGroupSpec, WeightSnapshot
 
 
@@ -62,7 +65,7 @@ class PolicySync:
         """Publishes the learner's weights as `version` and queues the load on every worker (no waiting)."""
         if self.transport == "files":
             published = self.learner.publish_weights(version, self.weights_dir)
-            pending = self.rollout.load_weights(WeightSnapshot(version, published.path), wait=False)
+            pending = self.rollout.load_weights(WeightSnapshot(version, published.path), wait=False, lasting=False)
             self._in_flight.append((pending, published.path))
         else:
             self.learner.broadcast_weights(version)
@@ -72,6 +75,21 @@ class PolicySync:
             self._collect(block=True)  # a check, not a fast path: the learner must not move on before it
             self.check_identical()
         self._collect(block=False)
+
+    def restore(self, lost: list[int], version: int) -> None:
+        """Restarted workers (indices in the rollout group) take the learner's weights, which must be `version`
+        (the caller keeps the learner from stepping meanwhile)."""
+        self._collect(block=True)
+        if self.transport == "files":
+            published = self.learner.publish_weights(version, self.weights_dir)
+            try:
+                self.rollout.load_weights(WeightSnapshot(version, published.path), workers=lost, lasting=False)
+            finally:
+                shutil.rmtree(published.path, ignore_errors=True)
+        else:
+            self._open_group()  # every member joins a new group: the dead one broke the old
+            self.learner.broadcast_weights(version)
+            self.rollout.load_weights(WeightSnapshot(version))  # all of them: a broadcast reaches every member
 
     def wait(self) -> None:
         """Blocks until every queued load has been applied."""
@@ -92,7 +110,11 @@ class PolicySync:
             pending, path = self._in_flight[0]
             if not block and ray.wait(pending, num_returns=len(pending), timeout=0)[1]:
                 return
-            ray.get(pending)
+            for load in pending:
+                try:
+                    ray.get(load)
+                except LOST_WORKER_ERRORS:
+                    pass  # a worker that died: the rollout group restores it when it next asks for work
             self._in_flight.popleft()
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)

@@ -40,3 +40,10 @@ class RolloutConfig(BaseModel):
         description="Custom Ray resources per worker, e.g. {rollout: 1} to run only on nodes that advertise them.",
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Times Ray restarts a worker whose process died; it is then given the current weights and "
+        "its prompts are issued again. 0: a dead worker ends the run.",
+    )
+    restart_timeout_s: float = Field(600.0, gt=0, description="How long to wait for a restarted engine to be up.")

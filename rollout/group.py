@@ -1,6 +1,15 @@
-"""N rollout workers driven as one: prompts are split evenly, results come back in request order."""
+"""N rollout workers driven as one: prompts are split evenly, results come back in request order.
+
+A worker whose process dies is restarted by Ray (`rollout.max_restarts`). The group notices when a call to it
+fails (it died during the call) or is refused (`WeightsLost`: it was restarted in between), waits until the new
+engine is up, has it given the current weights (`restore_weights`, set by whoever keeps the weights moving; by
+default the last weights loaded from a lasting path) and issues that worker's share of the prompts again.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import ray
 
@@ -11,9 +20,17 @@ from rollout.types import (
     SamplingSpec,
     TopIdsRequest,
     WeightGroupSpec,
+    WeightsLost,
     WeightSnapshot,
 )
 from rollout.worker import RolloutWorker
+
+# A call fails with these when its worker died during it, or is restarting or restarted without the weights.
+LOST_WORKER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, WeightsLost)
+
+
+class RolloutFailure(RuntimeError):
+    pass
 
 
 class RolloutGroup:
@@ -35,8 +52,15 @@ class RolloutGroup:
         count = num_workers or config.num_workers
         options = actor_options or [{}] * count
         self.workers = [
-            actor_cls.options(**base_options, **options[i]).remote(config, model_path, seed + i) for i in range(count)
+            actor_cls.options(**base_options, max_restarts=config.max_restarts, **options[i]).remote(
+                config, model_path, seed + i
+            )
+            for i in range(count)
         ]
+        self.restarts = 0  # workers restarted and restored so far
+        # Gives restarted workers (by index) the current weights; None: reload `weights_source`.
+        self.restore_weights: Callable[[list[int]], None] | None = None
+        self.weights_source = WeightSnapshot(0, model_path)  # the last weights loaded from a lasting path
         if wait:
             self.wait_ready()
 
@@ -65,15 +89,48 @@ class RolloutGroup:
         )
 
     def _fan_out(self, method: str, requests: list, *args) -> list:
+        """Worker i gets requests i, i + n, ...; a lost worker's share is issued again once it is restored."""
         n = len(self.workers)
-        shards = [requests[i::n] for i in range(n)]
-        futures = [
-            getattr(w, method).remote(shard, *args) for w, shard in zip(self.workers, shards, strict=True) if shard
-        ]
         results: list = [None] * len(requests)
-        for i, shard_results in enumerate(ray.get(futures)):
-            results[i::n] = shard_results
+        todo = [i for i in range(n) if requests[i::n]]
+        while todo:
+            futures = {i: getattr(self.workers[i], method).remote(requests[i::n], *args) for i in todo}
+            lost = []
+            for i, future in futures.items():
+                try:
+                    results[i::n] = ray.get(future)
+                except LOST_WORKER_ERRORS:
+                    lost.append(i)
+            if lost:
+                self.recover(lost)
+            todo = lost
         return results
+
+    def recover(self, lost: list[int]) -> None:
+        """Waits for the lost workers' restarted engines, then has them given the current weights."""
+        deadline = time.monotonic() + self.config.restart_timeout_s
+        for i in lost:
+            while True:
+                try:
+                    ray.get(self.workers[i].get_policy_version.remote())
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
+                    if _dead_for_good(self.workers[i]):
+                        raise RolloutFailure(
+                            f"rollout worker {i} died and Ray will not restart it again "
+                            f"(rollout.max_restarts={self.config.max_restarts}): {_first_line(error)}"
+                        ) from None
+                if time.monotonic() > deadline:
+                    raise RolloutFailure(
+                        f"rollout worker {i} was not back within rollout.restart_timeout_s="
+                        f"{self.config.restart_timeout_s:.0f} s"
+                    )
+                time.sleep(1.0)
+        self.restarts += len(lost)
+        if self.restore_weights is not None:
+            self.restore_weights(lost)
+        else:
+            self.load_weights(self.weights_source, workers=lost)
 
     def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[GenerationResult]:
         return self._fan_out("generate", requests, spec)
@@ -82,10 +139,16 @@ class RolloutGroup:
         """Per request, the policy's n most likely ids at each response position."""
         return self._fan_out("rank_ids", requests, n)
 
-    def load_weights(self, snapshot: WeightSnapshot, wait: bool = True) -> list:
-        """Every worker takes the snapshot in place (after the calls already queued on it). `wait=False` returns
-        the pending calls (Ray object refs of the versions) instead of the versions."""
-        pending = [w.load_weights.remote(snapshot) for w in self.workers]
+    def load_weights(
+        self, snapshot: WeightSnapshot, wait: bool = True, workers: list[int] | None = None, lasting: bool = True
+    ) -> list:
+        """Every worker (or those of `workers`) takes the snapshot in place, after the calls already queued on it.
+        `wait=False` returns the pending calls (Ray object refs of the versions) instead of the versions.
+        `lasting`: the snapshot's files stay (a checkpoint), so a restarted worker can be given them again."""
+        if lasting and snapshot.path is not None:
+            self.weights_source = snapshot
+        chosen = range(len(self.workers)) if workers is None else workers
+        pending = [self.workers[i].load_weights.remote(snapshot) for i in chosen]
         return ray.get(pending) if wait else pending
 
     def join_weight_group(self, group: WeightGroupSpec, record_digest: bool = False) -> list:
@@ -102,7 +165,23 @@ class RolloutGroup:
     def policy_versions(self) -> list[int]:
         return ray.get([w.get_policy_version.remote() for w in self.workers])
 
+    def pids(self) -> list[int]:
+        return ray.get([w.pid.remote() for w in self.workers])
+
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
+
+
+def _dead_for_good(worker) -> bool:
+    """Whether Ray's record of the actor says it is dead for good (not restarting)."""
+    from ray._private.state import state  # the GCS actor table; Ray has no public per-actor state without a dashboard
+
+    info = state.actor_table(worker._actor_id.hex())
+    return info.get("State") == "DEAD"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

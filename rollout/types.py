@@ -54,6 +54,11 @@ class WeightSnapshot:
     path: str | None = None
 
 
+class WeightsLost(RuntimeError):
+    """A restarted worker (Ray actor restart) holds its start-up weights until it is given the current ones: it
+    refuses to generate or take part in a broadcast before that."""
+
+
 @dataclass(frozen=True)
 class WeightGroupSpec:
     """The learner's weight group: its rank 0 listens at (host, port); workers take ranks 1..world_size-1.

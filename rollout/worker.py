@@ -4,6 +4,10 @@ Weights arrive as a directory holding one safetensors file with HF names (`Weigh
 reloads them with the worker's `reload_weights` (via `rollout.weight_receiver`), which repacks CPU linear
 weights (a plain `load_weights` does not on CPU), then drops the prefix cache, whose KV came from the old
 weights.
+
+When its process dies, Ray restarts the actor (`rollout.max_restarts`) with the arguments it was first made
+with, so the new engine holds the start-up weights: it raises `WeightsLost` on every call that needs the
+policy until `load_weights` gives it the current ones (`RolloutGroup` does, then issues the prompts again).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from rollout.types import (
     SamplingSpec,
     TopIdsRequest,
     WeightGroupSpec,
+    WeightsLost,
     WeightSnapshot,
 )
 
@@ -26,7 +31,11 @@ class RolloutWorker:
 
     def __init__(self, config: RolloutConfig, model_path: str, seed: int, policy_version: int = 0):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        import ray
         from vllm import LLM
+
+        self.weights_lost = ray.get_runtime_context().was_current_actor_reconstructed
+        self.in_weight_group = False
 
         self.llm = LLM(
             model=model_path,
@@ -41,9 +50,14 @@ class RolloutWorker:
         self.config = config
         self.policy_version = policy_version
 
+    def _check_weights(self) -> None:
+        if self.weights_lost:
+            raise WeightsLost(f"rollout worker (pid {os.getpid()}) was restarted and has no current weights yet")
+
     def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[GenerationResult]:
         from vllm import SamplingParams
 
+        self._check_weights()
         if spec.seed is not None and self.config.num_gpus_per_worker == 0:
             raise ValueError(
                 "per-request sampling seeds are GPU-only: vLLM's CPU sampler fails on them (seed the engine)"
@@ -84,6 +98,7 @@ class RolloutWorker:
         """The policy's n most likely ids at every response position of given sequences (a prefill only)."""
         from vllm import SamplingParams
 
+        self._check_weights()
         params = SamplingParams(max_tokens=1, prompt_logprobs=n, temperature=0.0, detokenize=False, flat_logprobs=True)
         outputs = self.llm.generate(
             [{"prompt_token_ids": r.prompt_ids + r.response_ids} for r in requests], params, use_tqdm=False
@@ -99,10 +114,13 @@ class RolloutWorker:
     def load_weights(self, snapshot: WeightSnapshot) -> int:
         if snapshot.path is not None:
             self.llm.collective_rpc("receive_weights", kwargs={"weights_path": snapshot.path})
-        else:
+        elif self.in_weight_group:
             self.llm.collective_rpc("receive_broadcast")
+        else:  # restarted since it joined: the group's other members wait on a new group (`PolicySync.restore`)
+            raise WeightsLost(f"rollout worker (pid {os.getpid()}) is not in the weight group since its restart")
         self.llm.reset_prefix_cache()
         self.policy_version = snapshot.version
+        self.weights_lost = False
         return self.policy_version
 
     def join_weight_group(self, group: WeightGroupSpec, rank: int, record_digest: bool = False) -> None:
@@ -121,6 +139,7 @@ class RolloutWorker:
                 "record_digest": record_digest,
             },
         )
+        self.in_weight_group = True
 
     def received_digest(self) -> dict[str, str]:
         """sha256 per tensor of the last broadcast received (with `record_digest`)."""
@@ -133,6 +152,9 @@ class RolloutWorker:
 
     def get_policy_version(self) -> int:
         return self.policy_version
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 def _top_ids(flat, position: int, n: int) -> list[int]:

@@ -57,3 +57,15 @@ def test_truncating_logs_keeps_what_the_checkpoint_counted(tmp_path):
     assert checkpoints.count_lines(log) == 3
     checkpoints.truncate_lines(log, 2)
     assert log.read_text() == "a\nb\n"
+
+
+def test_a_resume_refuses_settings_that_shape_training_but_not_where_it_runs(tmp_path):
+    import yaml
+
+    before = {"seed": 0, "distill": {"steps": 4, "lr": 0.01}, "rollout": {"num_workers": 1, "dtype": "float32"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(before))
+    wider = {**before, "rollout": {"num_workers": 4, "dtype": "float32"}, "ray": {"address": "auto"}}
+    checkpoints.check_same_config(tmp_path, wider)  # more engines, another cluster: the same run
+    changed = {**before, "seed": 1, "distill": {"steps": 4, "lr": 0.02}}
+    with pytest.raises(ResumeError, match=r"differs .* in distill\.lr, seed;"):
+        checkpoints.check_same_config(tmp_path, changed)

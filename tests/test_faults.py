@@ -1,14 +1,16 @@
-"""Worker faults: a teacher replica killed mid-request is replaced by Serve and the request sent again; a learner
+"""Worker faults: a teacher replica killed mid-request is replaced by Serve and the request sent again; a rollout
+worker killed mid-generation is restarted by Ray, given the current weights and its prompts issued again; a learner
 rank killed stops the run with one message naming the checkpoint to resume from, and the resume completes it."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 
 import pytest
-from conftest import e2e_config
+from conftest import assert_planned_batches_trained_once, e2e_config
 
 from orchestrator import steps
 from orchestrator.checkpoints import RunFailure
@@ -40,6 +42,7 @@ def test_a_teacher_replica_killed_mid_request_is_replaced_and_the_request_retrie
         for got, want in zip(scores, expected, strict=True):
             assert (got.topk_ids == want.topk_ids).all()
         assert client.handle.info.remote().result()["pid"] != pid  # a new replica answers
+        assert client.replica_restarts() == 1
     finally:
         client.shutdown()
 
@@ -83,6 +86,28 @@ def test_scores_are_sent_again_while_no_replica_can_answer(monkeypatch):
     assert client.retries == 2 and scores[0].full.shape == (2, 4)
 
 
+def test_a_rollout_worker_out_of_restarts_ends_the_run_with_one_line(ray_session):
+    """`RolloutGroup.recover` on an actor Ray will not restart again. A plain Ray actor stands in for the vLLM
+    engine: what is tested is how the group reads Ray's record of a dead actor, not vLLM."""
+    import ray
+
+    from rollout.config import RolloutConfig
+    from rollout.group import RolloutFailure, RolloutGroup
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class Worker:
+        def get_policy_version(self):
+            return 0
+
+    worker = Worker.remote()
+    ray.get(worker.get_policy_version.remote())
+    ray.kill(worker)
+    group = RolloutGroup.__new__(RolloutGroup)
+    group.config, group.workers, group.restarts = RolloutConfig(max_restarts=0), [worker], 0
+    with pytest.raises(RolloutFailure, match=r"rollout worker 0 died and Ray will not restart it again"):
+        group.recover([0])
+
+
 def test_a_learner_rank_killed_stops_the_run_with_a_resume_hint(
     run, shared_rollout, tiny_world, serve_port, tmp_path, monkeypatch
 ):
@@ -113,3 +138,63 @@ def test_a_learner_rank_killed_stops_the_run_with_a_resume_hint(
             Trainer(cfg, False, shared_rollout).run()
     Trainer(cfg, False, shared_rollout, resume=True).run()
     assert [e["step"] for e in read_ledger(cfg.run_dir / "ledger.jsonl")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("transport", ["files", "broadcast"])
+def test_a_rollout_worker_killed_mid_generation_is_restarted_with_the_current_weights(
+    run, shared_rollout, tiny_world, serve_port, tmp_path, transport
+):
+    """The worker's process is killed (SIGKILL) while the trainer's generate call is in flight; Ray restarts it,
+    the trainer gives it the newest pushed weights and issues the prompts again: every planned batch is trained
+    once, and the restart is counted."""
+    import threading
+
+    models = {"student": run.result.checkpoints["cold_start"], "teacher": str(tiny_world / "teacher")}
+    cfg = e2e_config(
+        tiny_world,
+        tmp_path,
+        serve_port,
+        name=f"rollout-dies-{transport}",
+        models=models,
+        cold_start={"enabled": False},
+        distill={"steps": 3, "batch_size": 16, "lr": 1e-2},
+        weight_sync={"transport": transport, "verify": transport == "broadcast"},
+        rollout={"max_model_len": 384, "enforce_eager": True, "sampling": {"max_new_tokens": 64}},
+    )
+    trainer = Trainer(cfg, False, shared_rollout)
+    original = shared_rollout.generate
+    calls, killed = [], []
+
+    def generate(requests, spec):
+        calls.append(len(requests))
+        in_flight = threading.Event()
+        if len(calls) == 2:  # the second step's rollouts: after a push, so the weights to restore are new ones
+            pid = shared_rollout.pids()[0]
+
+            def kill():
+                if in_flight.is_set():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+            threading.Timer(0.05, kill).start()
+        in_flight.set()
+        try:
+            return original(requests, spec)
+        finally:
+            in_flight.clear()
+
+    restarts_before = shared_rollout.restarts
+    shared_rollout.generate = generate
+    try:
+        trainer.run()
+    finally:
+        del shared_rollout.generate
+    assert killed, "the kill came after the generate call had returned: nothing was tested"
+    assert shared_rollout.restarts == restarts_before + 1
+    assert shared_rollout.pids()[0] != killed[0]
+    planned = trainer.data_order("distill", 16, 3)
+    assert_planned_batches_trained_once(read_ledger(cfg.run_dir / "ledger.jsonl"), planned)
+    logged = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rollout/restarts"] for m in logged if m["stage"] == "distill"][-1] == restarts_before + 1
+    if transport == "broadcast":  # the restored worker holds exactly the learner's bytes
+        assert trainer.result.weight_sync["distill"]["verified"] == 3

@@ -47,6 +47,14 @@ def _losses(run_dir):
     return [(e["step"], e["loss/total"]) for e in map(json.loads, lines) if e["stage"] == "distill"]
 
 
+def _tensorboard_losses(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard" / "distill"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("distill/loss/total")]
+
+
 def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(
     run, shared_rollout, tiny_world, serve_port, tmp_path, monkeypatch
 ):
@@ -57,10 +65,10 @@ def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(
 
     cfg = _config(run, tiny_world, serve_port, tmp_path, "crashed", **fields)
     with monkeypatch.context() as patch:
-        _crash_at(patch, 2)  # after step 2 and its checkpoint, inside step 3
+        _crash_at(patch, 3)  # after step 3, inside step 4: step 3 was logged after the step-2 checkpoint
         with pytest.raises(SimulatedCrash):
             Trainer(cfg, False, shared_rollout).run()
-    assert [step for step, _ in _losses(cfg.run_dir)] == [1, 2]
+    assert [step for step, _ in _losses(cfg.run_dir)] == [1, 2, 3]
     resumed = Trainer(cfg, False, shared_rollout, resume=True)
     resumed.run()
 
@@ -68,6 +76,10 @@ def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(
     assert [loss for _, loss in _losses(cfg.run_dir)] == pytest.approx(
         [loss for _, loss in _losses(whole.run_dir)], rel=1e-6
     )
+    # TensorBoard hides the crashed run's step 3: each step once, with the resumed run's values.
+    shown = _tensorboard_losses(cfg.run_dir)
+    assert [step for step, _ in shown] == [1, 2, 3, 4]
+    assert [loss for _, loss in shown] == pytest.approx([loss for _, loss in _losses(cfg.run_dir)], rel=1e-6)
     final = load_file(str(cfg.run_dir / "distill" / "model.safetensors"))
     for name, value in load_file(str(whole.run_dir / "distill" / "model.safetensors")).items():
         torch.testing.assert_close(final[name], value, rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")

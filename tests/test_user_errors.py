@@ -87,6 +87,27 @@ def test_resume_without_checkpoints(tmp_path, tiny_world):
     assert "no complete checkpoint" in one_line_error(result)
 
 
+def test_resume_with_a_changed_config(tmp_path, tiny_world):
+    from orchestrator import checkpoints
+
+    data = tiny_world / "data" / "train.jsonl"
+    models = [f"models.student={tiny_world / 'student'}", f"models.teacher={tiny_world / 'teacher'}"]
+    args = ["configs/demo.yaml", *models, f"data.train_path={data}", f"data.eval_path={data}"]
+    run_dir = tmp_path / "run"
+    # What a crashed run leaves: its config and one complete checkpoint.
+    import yaml
+
+    from orchestrator.config import load_config
+
+    saved = load_config(ROOT / args[0], [*args[1:], f"output_dir={run_dir}"]).model_dump(mode="json")
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    state = checkpoints.RunState(stage="distill", stage_step=2, stage_done=False, learner_steps=2)
+    checkpoints.write(run_dir, state, lambda directory: None, keep_last=2)
+    result = dudi("train", *args, f"output_dir={run_dir}", "seed=7", "--resume")
+    assert "differs" in (line := one_line_error(result)) and "seed" in line
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     from orchestrator.tiny_world.build import TinyWorldSpec, build
