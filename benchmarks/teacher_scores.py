@@ -289,7 +289,7 @@ def main() -> None:
     print("[4/4] Ray Serve throughput with 1 and 2 replicas", flush=True)
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         report["serve"] = [
             serve_throughput(args.teacher, sequences, r, callers=4, batch_size=args.batch_size) for r in (1, 2)

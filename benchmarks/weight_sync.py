@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    ray.init(include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "ERROR"}})
+    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "ERROR"}})
     report = {
         "machine": f"{os.cpu_count()} CPU cores",
         "repeats": args.repeats,

@@ -27,8 +27,9 @@ from orchestrator import checkpoints, steps
 from orchestrator.config import RunConfig, StageConfig
 from orchestrator.data import DataError, load_examples
 from orchestrator.evaluate import evaluate, evaluate_checkpoint, format_table
-from orchestrator.metrics import Ledger, MetricsLogger
+from orchestrator.metrics import Ledger, MetricsLogger, read_ledger
 from orchestrator.placement import Placement
+from orchestrator.report import write_results_png
 from orchestrator.startup import (
     check_model,
     check_output_dir,
@@ -58,6 +59,7 @@ class RunResult:
     startup: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # stage → role → Ray node ids
     weight_sync: dict[str, dict] = field(default_factory=dict)  # stage → transport, pushes, verified pushes
+    checkpoint_seconds: dict[str, float] = field(default_factory=dict)  # checkpoint → seconds to write it
 
 
 @dataclass
@@ -131,8 +133,9 @@ class Trainer:
                 counts = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common())
                 self._say(f"[data] {split}: skipped {sum(reasons.values())} rows: {counts} (data.strict stops instead)")
         self.languages = sorted({r.lang for r in self.train_rows})
-        self.metrics = MetricsLogger(self.run_dir, resume_after=self._steps_kept_on_resume())
+        self.metrics = MetricsLogger(self.run_dir, resume_after=self._steps_kept_on_resume(), run_name=cfg.name)
         self.ledger = Ledger(self.run_dir)
+        self.samples_trained = sum(len(e["samples"]) for e in read_ledger(self.ledger.path))  # > 0 on a resume
         self.placement: Placement | None = None
         self.rollout: RolloutGroup | None = rollout
         self.owns_rollout = rollout is None
@@ -354,6 +357,10 @@ class Trainer:
                     if objective.needs_rollouts:
                         metrics["time/sync_s"] = self._push_policy()  # learner → rollout workers
                 metrics["time/wait_s"] = wait_s
+                learner_time = wait_s + metrics["time/train_s"] + metrics.get("time/sync_s", 0.0)
+                metrics["time/learner_wait_fraction"] = wait_s / learner_time if learner_time > 0 else 0.0
+                self.samples_trained += len(prepared.sample_ids)
+                metrics["samples/trained"] = float(self.samples_trained)
                 self.metrics.log(name, step, metrics)
                 self.ledger.record(
                     name, step, self.learner_steps - 1, prepared.sample_ids, prepared.batch.policy_versions
@@ -404,7 +411,9 @@ class Trainer:
             )
             rejected, generated = steps.split_generations(self.rollout.generate(to_generate, spec), prompts, objective)
             rollout_stats = steps.rollout_metrics(rejected, generated)
+            tokens = sum(len(g.response_ids) for g in rejected + generated)
             lap("generate")
+            rollout_stats["rollout/tokens_per_s"] = tokens / max(timings["time/generate_s"], 1e-9)
         kd = steps.KdSets()
         if objective.uses_off_kd:
             kd.off = steps.ground_truth_sequences(prompts)
@@ -527,7 +536,9 @@ class Trainer:
             self.tokenizer.save_pretrained(str(directory / "student"))
 
         path = checkpoints.write(self.run_dir, state, payload, self.cfg.checkpoint.keep_last)
-        self._say(f"[{stage}] checkpoint {path.name} ({time.perf_counter() - clock:.1f} s)")
+        seconds = time.perf_counter() - clock
+        self.result.checkpoint_seconds[path.name] = round(seconds, 3)
+        self._say(f"[{stage}] checkpoint {path.name} ({seconds:.2f} s)")
 
     def _restore(self, name: str, objective: ObjectiveConfig) -> int:
         """On a resumed run's interrupted stage: the learner's state from the checkpoint, the rollout workers and
@@ -616,12 +627,14 @@ class Trainer:
             "first_step_seconds": self.result.startup.get("first_step"),
             "startup": self.result.startup,
             "weight_sync": self.result.weight_sync,
+            "checkpoint_seconds": self.result.checkpoint_seconds,
             "nodes": self.result.nodes,
         }
         (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2))
         if self.result.accuracy:
             table = format_table(self.result.accuracy, self.languages)
             (self.run_dir / "results.md").write_text(table + "\n")
+        write_results_png(self.run_dir, self.result.accuracy, self.languages)
 
     def _mark(self, event: str) -> float:
         """Seconds from the start of the run until `event` first happened (the start-up profile)."""

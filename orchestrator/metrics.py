@@ -1,10 +1,42 @@
-"""Step metrics to TensorBoard (`<run>/tensorboard`) and to `<run>/metrics.jsonl`, one namespace per stage."""
+"""Step metrics to TensorBoard (`<run>/tensorboard`), to `<run>/metrics.jsonl`, and to the Ray dashboard.
+
+On Ray, every step metric is also a `ray.util.metrics.Gauge` named `dudi_<metric>` (`loss/on_kd` →
+`dudi_loss_on_kd`), tagged with the run and the stage: Ray's metrics agent serves it on each node's Prometheus
+endpoint, which the Ray dashboard's Grafana panels (and `deploy/grafana/dudi.json`) read.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
+
+
+def prometheus_name(metric: str) -> str:
+    """`loss/on_kd` → `dudi_loss_on_kd` (Prometheus names: letters, digits and underscores)."""
+    return "dudi_" + re.sub(r"[^a-zA-Z0-9_]", "_", metric)
+
+
+class RayGauges:
+    """One `ray.util.metrics.Gauge` per metric name, made when first seen. Only where Ray is connected."""
+
+    def __init__(self, run: str):
+        self.run = run
+        self.gauges: dict = {}
+
+    def set(self, stage: str, metrics: dict[str, float]) -> None:
+        import ray
+        from ray.util.metrics import Gauge
+
+        if not ray.is_initialized():
+            return
+        for key, value in metrics.items():
+            if key not in self.gauges:
+                self.gauges[key] = Gauge(
+                    prometheus_name(key), description=f"DuDi-Dist step metric {key}", tag_keys=("run", "stage")
+                )
+            self.gauges[key].set(float(value), tags={"run": self.run, "stage": stage})
 
 
 class MetricsLogger:
@@ -15,8 +47,9 @@ class MetricsLogger:
     every tag of an event directory, hence a directory per stage).
     """
 
-    def __init__(self, run_dir: Path, resume_after: dict[str, int] | None = None):
+    def __init__(self, run_dir: Path, resume_after: dict[str, int] | None = None, run_name: str | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.ray_gauges = RayGauges(run_name or run_dir.name)
         self.tensorboard_dir = run_dir / "tensorboard"
         self.resume_after = dict(resume_after or {})
         self.writers: dict = {}
@@ -38,6 +71,7 @@ class MetricsLogger:
             writer.add_scalar(f"{stage}/{key}", value, step)
         self.jsonl.write(json.dumps({"stage": stage, "step": step, "time": time.time(), **metrics}) + "\n")
         self.jsonl.flush()
+        self.ray_gauges.set(stage, metrics)
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -99,6 +99,8 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address)
         return
     ray.init(
+        # "local": a Ray of its own even where `ray start` left a cluster on this machine (ray.address=auto joins).
+        address="local",
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.include_dashboard,
         # vLLM logs at INFO, and warns at every in-place reload that the rotary embedding and a tied LM head

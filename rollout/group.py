@@ -53,7 +53,7 @@ class RolloutGroup:
         options = actor_options or [{}] * count
         self.workers = [
             actor_cls.options(**base_options, max_restarts=config.max_restarts, **options[i]).remote(
-                config, model_path, seed + i
+                config, model_path, seed + i, worker_index=i
             )
             for i in range(count)
         ]

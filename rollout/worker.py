@@ -13,6 +13,7 @@ policy until `load_weights` gives it the current ones (`RolloutGroup` does, then
 from __future__ import annotations
 
 import os
+import time
 
 from rollout.config import RolloutConfig
 from rollout.types import (
@@ -29,7 +30,9 @@ from rollout.types import (
 class RolloutWorker:
     """State: the vLLM engine and the version of the policy it holds."""
 
-    def __init__(self, config: RolloutConfig, model_path: str, seed: int, policy_version: int = 0):
+    def __init__(
+        self, config: RolloutConfig, model_path: str, seed: int, policy_version: int = 0, worker_index: int = 0
+    ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         import ray
         from vllm import LLM
@@ -49,6 +52,15 @@ class RolloutWorker:
         )
         self.config = config
         self.policy_version = policy_version
+        from ray.util.metrics import Gauge
+
+        # On the Ray dashboard / Prometheus, per worker (the orchestrator logs the whole group's rate).
+        self.tokens_per_s = Gauge(
+            "dudi_rollout_worker_tokens_per_s",
+            description="Sampled tokens per second of one generate call",
+            tag_keys=("worker",),
+        )
+        self.worker_tag = {"worker": str(worker_index)}
 
     def _check_weights(self) -> None:
         if self.weights_lost:
@@ -73,7 +85,10 @@ class RolloutWorker:
             detokenize=False,  # callers decode what they need; detokenizing 64 candidates per token costs seconds
             flat_logprobs=True,  # a few flat lists per request instead of one dict of Logprob objects per id
         )
+        started = time.perf_counter()
         outputs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False)
+        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        self.tokens_per_s.set(tokens / max(time.perf_counter() - started, 1e-9), tags=self.worker_tag)
         results = []
         for request, output in zip(requests, outputs, strict=True):
             completion = output.outputs[0]

@@ -13,6 +13,7 @@ HTTP:   POST {route_prefix} with JSON {"prompt_ids": [...], "response_ids": [...
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import ray
@@ -33,6 +34,14 @@ class TeacherDeployment:
         self.max_batch_size = config.max_batch_size
         self._score_batch.set_max_batch_size(config.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        from ray.util.metrics import Gauge
+
+        # On the Ray dashboard / Prometheus, per replica: how long a scoring call took and how many sequences.
+        self.latency = Gauge("dudi_teacher_latency_s", description="Seconds per score_many call", tag_keys=("replica",))
+        self.batch_size = Gauge(
+            "dudi_teacher_batch_size", description="Sequences per score_many call", tag_keys=("replica",)
+        )
+        self.replica_tag = {"replica": serve.get_replica_context().replica_id.unique_id}
 
     def info(self) -> dict:
         return {
@@ -51,10 +60,16 @@ class TeacherDeployment:
     def score_many(self, requests: list[ScoreRequest], weights: TeacherWeights | None = None) -> list[ScoreResponse]:
         if weights is not None and weights.version != self.scorer.weights_version:
             self.scorer.load_weights(weights.version, _read_weights(weights))
+        started = time.perf_counter()
         for request in requests:
             self.scorer.validate(request)
         size = self.max_batch_size
-        return [r for start in range(0, len(requests), size) for r in self.scorer.score(requests[start : start + size])]
+        scores = [
+            r for start in range(0, len(requests), size) for r in self.scorer.score(requests[start : start + size])
+        ]
+        self.latency.set(time.perf_counter() - started, tags=self.replica_tag)
+        self.batch_size.set(len(requests), tags=self.replica_tag)
+        return scores
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:

@@ -27,7 +27,13 @@ def ray_session():
     import ray
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}})
+    ray.init(
+        address="local",  # not a cluster some `ray start` on this machine left behind (tests/test_job_submit.py)
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}},
+        _metrics_export_port=METRICS_PORT,  # the node's Prometheus endpoint (tests/test_dashboard_metrics.py)
+    )
     yield ray
     from ray import serve
 
@@ -42,6 +48,9 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")

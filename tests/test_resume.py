@@ -4,12 +4,14 @@ of every step trained exactly once (batches prepared ahead at the crash are prep
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 from conftest import assert_planned_batches_trained_once, e2e_config
 from safetensors.torch import load_file
 
-from orchestrator.loop import Trainer
+from orchestrator.loop import Trainer, batches
 from orchestrator.metrics import read_ledger
 
 pytestmark = pytest.mark.e2e
@@ -131,3 +133,55 @@ def test_resume_without_a_checkpoint_is_refused(run, tiny_world, serve_port, tmp
 
     with pytest.raises(ResumeError, match="no complete checkpoint"):
         Trainer(_config(run, tiny_world, serve_port, tmp_path, "fresh"), False, resume=True)
+
+
+def test_a_dudi_train_killed_at_a_random_moment_resumes_from_its_last_checkpoint(tmp_path, tiny_world):
+    """`dudi train` in its own process group, SIGKILLed at a random moment after its first checkpoint (possibly
+    while writing one), then `dudi train --resume`: the steps the killed run had logged after its checkpoint
+    come out the same again (the cold start is deterministic), and the ledger has every planned batch once."""
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = tiny_world / "data" / "train.jsonl"
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "orchestrator", "train", "configs/demo.yaml"]
+    command += [f"models.student={tiny_world / 'student'}", f"models.teacher={tiny_world / 'teacher'}"]
+    command += [f"data.train_path={data}", f"data.eval_path={data}", f"output_dir={run_dir}", "distill.enabled=false"]
+    command += ["cold_start.steps=24", "cold_start.batch_size=8", "checkpoint.every_steps=4", "checkpoint.keep_last=3"]
+    command += ["eval.compare_teacher=false", "eval.at_end_of_stages=false", "ray.num_cpus=2"]
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
+    delay = random.uniform(0.0, 3.0)
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        for line in process.stdout:
+            if "checkpoint cold_start-000004" in line:
+                break
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def losses():
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return {e["step"]: e["loss/total"] for e in map(json.loads, lines)}
+
+    before = losses()
+    resumed = subprocess.run([*command, "--resume"], cwd=root, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, f"killed {delay:.2f} s after the first checkpoint:\n{resumed.stdout[-3000:]}"
+    after = losses()
+    assert sorted(after) == list(range(1, 25))
+    assert [after[s] for s in sorted(before)] == pytest.approx([before[s] for s in sorted(before)], rel=1e-6)
+    rows = len(data.read_text().splitlines())  # 192: the 24 batches are one epoch
+    planned = list(batches(list(range(rows)), 8, 24, seed=0 + zlib.crc32(b"cold_start")))  # demo.yaml: seed 0
+    assert_planned_batches_trained_once(read_ledger(run_dir / "ledger.jsonl"), planned)

@@ -1,0 +1,92 @@
+"""The run's metrics reach the Ray dashboard: after the session's DuDi run, every metric the issue names is on
+this node's Prometheus endpoint (Ray's metrics agent) with a plausible value, and the shipped Grafana dashboard
+asks only for metrics a run exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from conftest import METRICS_PORT
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+# metric → the range its values must fall in (each name carries Ray's `ray_` prefix on the endpoint).
+EXPECTED = {
+    "dudi_loss_total": (0.0, 100.0),
+    "dudi_loss_on_kd": (0.0, 100.0),  # KL per term: on-policy ...
+    "dudi_loss_off_kd": (0.0, 100.0),  # ... and off-policy
+    "dudi_loss_spin": (0.0, 100.0),
+    "dudi_diag_topk_overlap_on": (0.0, 1.0),
+    "dudi_diag_topk_overlap_off": (0.0, 1.0),
+    "dudi_rollout_tokens_per_s": (1e-3, 1e7),
+    "dudi_rollout_worker_tokens_per_s": (1e-3, 1e7),
+    "dudi_teacher_latency_s": (1e-6, 600.0),
+    "dudi_teacher_batch_size": (1.0, 1e5),
+    "dudi_time_sync_s": (0.0, 600.0),
+    "dudi_rollout_staleness": (0.0, 10.0),
+    "dudi_rollout_staleness_mean": (0.0, 10.0),
+    "dudi_time_learner_wait_fraction": (0.0, 1.0),
+    "dudi_samples_trained": (1.0, 1e9),
+    "dudi_rollout_restarts": (0.0, 100.0),
+    "dudi_teacher_retries": (0.0, 1e4),
+    "dudi_teacher_replica_restarts": (0.0, 100.0),
+}
+# Dashboard panels for terms other presets log (SFT, DFT, the EMA teacher's sync).
+OTHER_PRESETS = {"dudi_loss_sft", "dudi_loss_dft", "dudi_time_teacher_sync_s"}
+
+
+def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+    import requests
+
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text.splitlines():
+        match = SAMPLE.match(line)
+        if match and match["name"].startswith("ray_dudi_"):
+            labels = dict(LABEL.findall(match["labels"] or ""))
+            samples.setdefault(match["name"].removeprefix("ray_"), []).append((labels, float(match["value"])))
+    return samples
+
+
+def test_every_run_metric_is_on_the_prometheus_endpoint(run):
+    samples: dict = {}
+    deadline = time.time() + 60  # Ray's agent exports every few seconds
+    while time.time() < deadline:
+        samples = scrape()
+        if set(EXPECTED) <= set(samples):
+            break
+        time.sleep(3)
+    assert set(EXPECTED) <= set(samples), f"missing: {sorted(set(EXPECTED) - set(samples))}"
+    for name, (low, high) in EXPECTED.items():
+        values = [value for _, value in samples[name]]
+        assert all(low <= v <= high for v in values), (name, values)
+    # The session run's own distillation loss, tagged with its run name and stage, is what metrics.jsonl says.
+    tagged = {(labels.get("run"), labels.get("stage")) for labels, _ in samples["dudi_loss_total"]}
+    assert ("e2e", "distill") in tagged
+    workers = {labels.get("worker") for labels, _ in samples["dudi_rollout_worker_tokens_per_s"]}
+    assert "0" in workers
+    # Every step metric of the run is exported, not only the ones listed above.
+    logged = json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    missing = [
+        k for k in logged if k not in ("stage", "step", "time") and "dudi_" + re.sub(r"\W", "_", k) not in samples
+    ]
+    assert not missing
+
+
+def test_the_grafana_dashboard_asks_for_metrics_a_run_exports():
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dudi-dashboard.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"dudi_\w+", target["expr"])
+    }
+    assert set(EXPECTED) <= asked, sorted(set(EXPECTED) - asked)
+    assert asked <= set(EXPECTED) | OTHER_PRESETS, sorted(asked - set(EXPECTED) - OTHER_PRESETS)

@@ -1,0 +1,108 @@
+"""`ray job submit` of a short demo run to a Ray cluster started here with `ray start --head`, token auth on, the
+project shipped through deploy/runtime_env.yaml; the job reaches SUCCEEDED and its logs are readable with
+`ray job logs`. The head runs with `--block` in its own process group and is stopped by ending that process:
+`ray stop` would also stop the test session's own Ray on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_demo_run_submitted_as_a_ray_job_succeeds(tiny_world, tmp_path):
+    ports = {
+        name: free_port() for name in ("gcs", "dashboard", "client", "agent", "agent_grpc", "runtime_env", "metrics")
+    }
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"]
+        + ["--dashboard-host=127.0.0.1", f"--port={ports['gcs']}", f"--dashboard-port={ports['dashboard']}"]
+        + [f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent']}"]
+        + [f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}"]
+        + [f"--metrics-export-port={ports['metrics']}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{ports['dashboard']}"
+
+    def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["ray", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    try:
+        deadline = time.time() + 120
+        while ray_cli("job", "list", "--address", address, timeout=60).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "the head did not come up"
+            time.sleep(2)
+        data = tiny_world / "data"
+        run_dir = tmp_path / "job-run"
+        overrides = [
+            f"models.student={tiny_world / 'student'}",
+            f"models.teacher={tiny_world / 'teacher'}",
+            f"data.train_path={data / 'train.jsonl'}",
+            f"data.eval_path={data / 'eval.jsonl'}",
+            f"output_dir={run_dir}",
+            "cold_start.steps=2",
+            "distill.steps=2",
+            "cold_start.batch_size=8",
+            "distill.batch_size=8",
+            "eval.compare_teacher=false",
+            "eval.at_end_of_stages=false",
+            "rollout.max_model_len=384",
+            "rollout.enforce_eager=true",
+            "rollout.sampling.max_new_tokens=12",
+            f"teacher.http_port={free_port()}",
+        ]
+        job_id = f"dudi-test-{secrets.token_hex(4)}"
+        submitted = subprocess.run(
+            ["bash", "deploy/submit.sh", "configs/demo.yaml", *overrides],
+            env=dict(env, RAY_ADDRESS=address, SUBMIT_ARGS=f"--no-wait --submission-id {job_id}"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        deadline, status = time.time() + 600, ""
+        while time.time() < deadline:
+            # `ray job status` ends with "Job '<id>' succeeded" (or failed / was stopped) once the job is over.
+            status = ray_cli("job", "status", "--address", address, job_id).stdout.lower()
+            if any(f"' {word}" in status for word in ("succeeded", "failed", "was stopped")):
+                break
+            time.sleep(5)
+        logs = ray_cli("job", "logs", "--address", address, job_id).stdout
+        assert f"job '{job_id}' succeeded" in status, f"{status}\n{logs[-4000:]}"
+        assert "ready after (s)" in logs  # the run's own progress, read back through the job API
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["policy_version"] >= 2 and (run_dir / "results.png").is_file()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        # What `ray stop` would also clear: the pointer `ray.init()` follows to "the running cluster".
+        pointer = Path("/tmp/ray/ray_current_cluster")
+        if pointer.is_file() and pointer.read_text().strip().endswith(f":{ports['gcs']}"):
+            pointer.unlink()
