@@ -1,5 +1,6 @@
 # Fresh machine: `make demo` installs and runs the demo; `make test` installs and runs the tests.
-PYTHON ?= python3.11
+# The newest of Python 3.13, 3.12, 3.11 on PATH that runs (a pyenv shim of a version not enabled does not).
+PYTHON ?= $(firstword $(foreach v,3.13 3.12 3.11,$(shell python$(v) -c "" 2>/dev/null && echo python$(v))))
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -8,6 +9,7 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml deploy/install.sh
+	@test -n "$(PYTHON)" || { echo "make: Python 3.11, 3.12 or 3.13 is needed (python3.1x on PATH, or PYTHON=...)"; exit 2; }
 	PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/install.sh
 	touch $@
 

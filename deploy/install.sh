@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs DuDi-Dist into a virtual environment from the project's own files.
-#   PYTHON=python3.11 VENV=.venv EXTRAS=cpu,dev,bench bash deploy/install.sh
+#   PYTHON=python3.12 VENV=.venv EXTRAS=cpu,dev,bench bash deploy/install.sh   (Python 3.11, 3.12 or 3.13)
 # EXTRAS=gpu,dev on a CUDA machine.
 set -euo pipefail
-PYTHON=${PYTHON:-python3.11}
+if [ -z "${PYTHON:-}" ]; then  # the newest of 3.13, 3.12, 3.11 that runs (a disabled pyenv shim does not)
+  for candidate in python3.13 python3.12 python3.11; do
+    if "$candidate" -c "" 2>/dev/null; then PYTHON=$candidate; break; fi
+  done
+fi
+PYTHON=${PYTHON:?Python 3.11, 3.12 or 3.13 is needed (python3.1x on PATH, or PYTHON=...)}
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-cpu,dev,bench}
 cd "$(dirname "$0")/.."

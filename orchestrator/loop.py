@@ -172,6 +172,12 @@ class Trainer:
         }
 
     @property
+    def needs_engines(self) -> bool:
+        """Whether rollout engines take part: distillation samples or ranks with them, and evals generate with them
+        (a cold start alone without evals trains on the data as it is)."""
+        return self.cfg.distill.enabled or self.cfg.eval.at_end_of_stages
+
+    @property
     def uses_teacher_model(self) -> bool:
         """Whether a separate teacher model (models.teacher) takes part: as the KD teacher, or in the eval table."""
         return (self.cfg.objective.uses_teacher and self.cfg.recipe.teacher == "model") or self.cfg.eval.compare_teacher
@@ -186,7 +192,7 @@ class Trainer:
         init_ray(cfg.ray)
         self._mark("ray")
         self.placement = Placement(cfg)
-        if self.owns_rollout:
+        if self.owns_rollout and self.needs_engines:
             self._say(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s) on {cfg.models.student}")
             self.rollout = RolloutGroup(
                 cfg.rollout, cfg.models.student, cfg.seed, wait=False, actor_options=self.placement.rollout_options()
@@ -283,16 +289,19 @@ class Trainer:
             self._mark("teacher")
         if objective.uses_on_kd and recipe.on_kd_responses == "teacher":
             self._generate_teacher_responses()
-        self.rollout.wait_ready()
-        self._mark("rollout")
+        if self.rollout is not None:
+            self.rollout.wait_ready()
+            self._mark("rollout")
         self.learner.wait_ready()
         self._mark("learner")
-        if objective.needs_rollouts and self.rollout_weights != init_path:
-            self.rollout.load_weights(WeightSnapshot(self.version, init_path))
-            self.rollout_weights = init_path
-        self.policy_sync = PolicySync(self.learner, self.rollout, self.cfg.weight_sync)
-        self.rollout.restore_weights = self._restore_workers
-        self.result.nodes[name] = {"learner": [self.learner.node_id()], "rollout": self.rollout.node_ids()}
+        self.result.nodes[name] = {"learner": [self.learner.node_id()], "rollout": []}
+        if self.rollout is not None:
+            if objective.needs_rollouts and self.rollout_weights != init_path:
+                self.rollout.load_weights(WeightSnapshot(self.version, init_path))
+                self.rollout_weights = init_path
+            self.policy_sync = PolicySync(self.learner, self.rollout, self.cfg.weight_sync)
+            self.rollout.restore_weights = self._restore_workers
+            self.result.nodes[name]["rollout"] = self.rollout.node_ids()
         if self.teacher is not None:
             self.result.nodes[name]["teacher"] = [self.teacher.node_id()]
         self._stage_first_version = self.version
@@ -301,21 +310,22 @@ class Trainer:
     def end_stage(self, name: str) -> str:
         """Pushes the final weights, saves the checkpoint (HF format), releases learner and teacher."""
         self._stop_teacher()
-        if self.version != self.learner_steps:
-            self._push_policy()
-        self.policy_sync.wait()
-        self.result.weight_sync[name] = {
-            "transport": self.policy_sync.transport,
-            "pushes": self.version - self._stage_first_version,
-            "verified": self.policy_sync.verified,
-        }
-        self.policy_sync.close()
-        self.policy_sync = None
-        self.rollout.restore_weights = None
         checkpoint = str(self.run_dir / name)
+        if self.policy_sync is not None:
+            if self.version != self.learner_steps:
+                self._push_policy()
+            self.policy_sync.wait()
+            self.result.weight_sync[name] = {
+                "transport": self.policy_sync.transport,
+                "pushes": self.version - self._stage_first_version,
+                "verified": self.policy_sync.verified,
+            }
+            self.policy_sync.close()
+            self.policy_sync = None
+            self.rollout.restore_weights = None
+            self.rollout_weights = checkpoint  # the sync above left the engines on exactly these weights
+            self.rollout.weights_source = WeightSnapshot(self.learner_steps, checkpoint)  # for a later restart
         self.learner.save_checkpoint(checkpoint)
-        self.rollout_weights = checkpoint  # the sync above left the engines on exactly these weights
-        self.rollout.weights_source = WeightSnapshot(self.version, checkpoint)  # for a worker restarted later
         self.tokenizer.save_pretrained(checkpoint)
         self.learner.shutdown()
         self.learner = None
@@ -428,7 +438,8 @@ class Trainer:
         if self.teacher is not None:
             timings["teacher/retries"] = float(self.teacher.retries)  # so far in the stage
             timings["teacher/replica_restarts"] = float(self.teacher.replica_restarts())
-        timings["rollout/restarts"] = float(self.rollout.restarts)  # so far in the run
+        if self.rollout is not None:
+            timings["rollout/restarts"] = float(self.rollout.restarts)  # so far in the run
         return PreparedBatch(batch, row_ids, {**rollout_stats, **timings})
 
     def _rank_and_score(self, kd: steps.KdSets, lap) -> dict:

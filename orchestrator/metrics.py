@@ -18,12 +18,16 @@ def prometheus_name(metric: str) -> str:
     return "dudi_" + re.sub(r"[^a-zA-Z0-9_]", "_", metric)
 
 
+# One Gauge per metric name for the whole process: a second Gauge of the same name would take over the name, and
+# the series of earlier runs in the process (other tags) would no longer be exported.
+_GAUGES: dict = {}
+
+
 class RayGauges:
-    """One `ray.util.metrics.Gauge` per metric name, made when first seen. Only where Ray is connected."""
+    """Sets `dudi_<metric>` gauges tagged with this run and the stage. Only where Ray is connected."""
 
     def __init__(self, run: str):
         self.run = run
-        self.gauges: dict = {}
 
     def set(self, stage: str, metrics: dict[str, float]) -> None:
         import ray
@@ -32,11 +36,11 @@ class RayGauges:
         if not ray.is_initialized():
             return
         for key, value in metrics.items():
-            if key not in self.gauges:
-                self.gauges[key] = Gauge(
+            if key not in _GAUGES:
+                _GAUGES[key] = Gauge(
                     prometheus_name(key), description=f"DuDi-Dist step metric {key}", tag_keys=("run", "stage")
                 )
-            self.gauges[key].set(float(value), tags={"run": self.run, "stage": stage})
+            _GAUGES[key].set(float(value), tags={"run": self.run, "stage": stage})
 
 
 class MetricsLogger:
