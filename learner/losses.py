@@ -56,12 +56,12 @@ def compute_loss(
         add("spin", cfg.alpha, spin)
         metrics.update(spin_metrics)
     if cfg.uses_off_kd:
-        off_kd, overlap = _kd_term(cfg, chosen_states, batch.chosen_teacher, chosen)
+        off_kd, overlap = _kd_term(cfg, chosen_states, batch.chosen_teacher, chosen, batch.kd_weights)
         add("off_kd", cfg.kd_weight * (1 - cfg.lam), off_kd)
         metrics["diag/topk_overlap_off"] = overlap
     if cfg.uses_on_kd:
         on_policy = pack(batch.on_policy, pad_id)
-        on_kd, overlap = _kd_term(cfg, policy_forward(on_policy), batch.on_policy_teacher, on_policy)
+        on_kd, overlap = _kd_term(cfg, policy_forward(on_policy), batch.on_policy_teacher, on_policy, batch.kd_weights)
         add("on_kd", cfg.kd_weight * cfg.lam, on_kd)
         metrics["diag/topk_overlap_on"] = overlap
     metrics["loss/total"] = total.item()
@@ -142,8 +142,15 @@ def kd_per_token(
 
 
 def _kd_term(
-    cfg: ObjectiveConfig, states: ResponseStates, teacher_rows, packed: PackedSequences
+    cfg: ObjectiveConfig,
+    states: ResponseStates,
+    teacher_rows,
+    packed: PackedSequences,
+    row_weights: list[float] | None = None,
 ) -> tuple[torch.Tensor, float]:
+    """The KD term: the mean over response tokens of D(π_T, π_θ), each token weighted by its row's factor (the
+    mean keeps counting down-weighted tokens, so a language routed off lowers the term instead of renormalizing
+    the others)."""
     teacher = pad_teacher_scores(teacher_rows, packed.response_width).to(states.hidden.device)
     if teacher.full is None:
         mask = states.mask
@@ -152,6 +159,9 @@ def _kd_term(
         if worst > CLOSURE_TOLERANCE:
             raise ValueError(f"sparse teacher scores do not sum to 1 (|log mass| up to {worst:.2e})")
     divergence, hits = kd_per_token(cfg, states, teacher)
+    if row_weights is not None:
+        weights = torch.tensor(row_weights, dtype=divergence.dtype, device=divergence.device)
+        divergence = divergence * states.select(weights[:, None].expand(states.mask.shape))
     return _mean(divergence), _mean(hits).item()
 
 

@@ -150,6 +150,27 @@ class WeightSyncConfig(BaseModel):
     )
 
 
+class RoutingConfig(BaseModel):
+    """Per-language teacher routing: at the start of distillation (and every `every_steps`), the teacher and the
+    student are measured per language (greedy exact match on held-out training rows), and where the teacher does
+    not lead the student by `min_margin` points, that language's KD terms are switched off or down-weighted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    rows_per_language: int = Field(
+        20, ge=1, description="Training rows per language held out for the measurement (never trained on)."
+    )
+    min_margin: float = Field(
+        0.0, description="Exact-match points the teacher must lead the student by for full KD weight in a language."
+    )
+    below_margin: Literal["off", "down_weight"] = Field(
+        "down_weight", description="What a language where the teacher trails gets: KD weight 0, or `down_weight`."
+    )
+    down_weight: float = Field(0.5, ge=0.0, le=1.0)
+    every_steps: int = Field(0, ge=0, description="Measure the student again every N distillation steps (0: once).")
+
+
 class CheckpointConfig(BaseModel):
     """`<run>/checkpoints/`: what `dudi train CONFIG --resume` continues from."""
 
@@ -197,6 +218,7 @@ class RunConfig(BaseModel):
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
@@ -223,6 +245,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"scoring.student_top_k ({self.scoring.student_top_k}) is above rollout.max_logprobs "
                 f"({self.rollout.max_logprobs}), the most ids a vLLM engine ranks"
+            )
+        if self.routing.enabled and not (self.objective.uses_teacher and self.recipe.teacher == "model"):
+            raise ValueError(
+                "routing.enabled measures models.teacher against the student: it needs a KD term "
+                "(learner.objective.kd_weight > 0) and recipe.teacher=model"
             )
         if self.data.languages:
             unknown = sorted(set(self.data.languages) - set(LANGUAGES))

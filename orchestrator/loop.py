@@ -23,7 +23,7 @@ import ray
 from learner.config import ObjectiveConfig
 from learner.group import LearnerGroup
 from learner.types import TrainBatch
-from orchestrator import checkpoints, steps
+from orchestrator import checkpoints, routing, steps
 from orchestrator.config import RunConfig, StageConfig
 from orchestrator.data import DataError, load_examples
 from orchestrator.evaluate import evaluate, evaluate_checkpoint, format_table
@@ -133,6 +133,14 @@ class Trainer:
                 counts = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common())
                 self._say(f"[data] {split}: skipped {sum(reasons.values())} rows: {counts} (data.strict stops instead)")
         self.languages = sorted({r.lang for r in self.train_rows})
+        self.routing_rows: list = []  # held out of training to measure teacher and student per language
+        if cfg.routing.enabled:
+            self.train_rows, self.routing_rows = routing.hold_out(
+                self.train_rows, cfg.routing.rows_per_language, cfg.seed
+            )
+        self.kd_weight_by_language: dict[str, float] | None = None  # per-language routing, once measured
+        self.routing_metrics: dict[str, float] = {}
+        self._routing_teacher: dict[str, float] | None = None
         self.metrics = MetricsLogger(self.run_dir, resume_after=self._steps_kept_on_resume(), run_name=cfg.name)
         self.ledger = Ledger(self.run_dir)
         self.samples_trained = sum(len(e["samples"]) for e in read_ledger(self.ledger.path))  # > 0 on a resume
@@ -247,6 +255,8 @@ class Trainer:
         started = time.perf_counter()
         verbalizer = self.begin_stage(name, objective, init_path, stage.lr)
         first_step = self._restore(name, objective) + 1
+        if name == "distill" and self.cfg.routing.enabled:
+            self._route(name)
         self._train_loop(name, stage, objective, verbalizer, stage_steps(stage, len(self.train_rows)), first_step)
         checkpoint = self.end_stage(name)
         self.result.stage_seconds[name] = round(time.perf_counter() - started, 1)
@@ -371,6 +381,7 @@ class Trainer:
                 metrics["time/learner_wait_fraction"] = wait_s / learner_time if learner_time > 0 else 0.0
                 self.samples_trained += len(prepared.sample_ids)
                 metrics["samples/trained"] = float(self.samples_trained)
+                metrics.update(self.routing_metrics)
                 self.metrics.log(name, step, metrics)
                 self.ledger.record(
                     name, step, self.learner_steps - 1, prepared.sample_ids, prepared.batch.policy_versions
@@ -382,6 +393,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k.startswith("loss/")})
                 self._stage_steps_done = step
+                again = self.cfg.routing.every_steps
+                if self.cfg.routing.enabled and again and step % again == 0 and step < num_steps:
+                    self._route(name)  # batches already prepared keep the weights they were given
                 every = self.cfg.checkpoint.every_steps
                 if every and step % every == 0 and step < num_steps:
                     # Batches prepared ahead are not part of it: a resume prepares them again from the same rows.
@@ -435,6 +449,8 @@ class Trainer:
             )
         scores = self._rank_and_score(kd, lap)
         batch = steps.assemble_batch(prompts, rejected, kd, scores)
+        if self.kd_weight_by_language is not None and objective.uses_teacher:
+            batch.kd_weights = [self.kd_weight_by_language.get(r.lang, 1.0) for r in rows]
         if self.teacher is not None:
             timings["teacher/retries"] = float(self.teacher.retries)  # so far in the stage
             timings["teacher/replica_restarts"] = float(self.teacher.replica_restarts())
@@ -499,6 +515,23 @@ class Trainer:
         self.rollout_weights = None  # the learner's, not a checkpoint's
         self.result.policy_version = self.version
         return time.perf_counter() - clock
+
+    def _route(self, stage: str) -> None:
+        """Measures the teacher (once) and the student on the held-out rows per language, and sets each language's
+        KD weight by `routing`'s rule."""
+        if self._routing_teacher is None:
+            self._say(f"[routing] measuring the teacher on {len(self.routing_rows)} held-out rows")
+            self._routing_teacher = self.evaluate_model_on(self.cfg.models.teacher, self.routing_rows)
+        student = evaluate(self.rollout, self.tokenizer, self.routing_rows, self.cfg.eval.max_new_tokens)
+        self.kd_weight_by_language = routing.kd_weights(self._routing_teacher, student, self.cfg.routing)
+        self.routing_metrics = routing.routing_metrics(self.kd_weight_by_language, self._routing_teacher, student)
+        self._say(
+            f"[{stage}] routing (KD weight, teacher vs student exact match): "
+            + ", ".join(
+                f"{lang} {w:g} ({self._routing_teacher[lang]:.0f} vs {student[lang]:.0f})"
+                for lang, w in self.kd_weight_by_language.items()
+            )
+        )
 
     def _restore_workers(self, lost: list[int]) -> None:
         """Restarted rollout workers take the newest pushed weights (between two learner steps)."""
@@ -623,9 +656,10 @@ class Trainer:
     def evaluate_model(self, model_path: str) -> dict[str, float]:
         """Greedy eval of another checkpoint on a fresh single vLLM worker."""
         self._say(f"evaluating {model_path}")
-        return evaluate_checkpoint(
-            self.cfg.rollout, model_path, self.eval_rows, self.cfg.eval.max_new_tokens, self.cfg.seed
-        )
+        return self.evaluate_model_on(model_path, self.eval_rows)
+
+    def evaluate_model_on(self, model_path: str, rows: list) -> dict[str, float]:
+        return evaluate_checkpoint(self.cfg.rollout, model_path, rows, self.cfg.eval.max_new_tokens, self.cfg.seed)
 
     def _write_results(self) -> None:
         import json

@@ -1,4 +1,4 @@
-"""`ray job submit` of a short demo run to a Ray cluster started here with `ray start --head`, token auth on, the
+"""`ray job submit` of a short run of the demo config to a Ray cluster started here with `ray start --head`, token auth on, the
 project shipped through deploy/runtime_env.yaml; the job reaches SUCCEEDED and its logs are readable with
 `ray job logs`. The head runs with `--block` in its own process group and is stopped by ending that process:
 `ray stop` would also stop the test session's own Ray on this machine."""
@@ -63,16 +63,13 @@ def test_a_demo_run_submitted_as_a_ray_job_succeeds(tiny_world, tmp_path):
             f"data.train_path={data / 'train.jsonl'}",
             f"data.eval_path={data / 'eval.jsonl'}",
             f"output_dir={run_dir}",
-            "cold_start.steps=2",
-            "distill.steps=2",
+            # The demo's config, cut to a few cold-start steps: what is tested is the job's way in and out
+            # (runtime_env, token, status, logs); the whole pipeline runs in the other e2e tests.
+            "cold_start.steps=4",
             "cold_start.batch_size=8",
-            "distill.batch_size=8",
+            "distill.enabled=false",
             "eval.compare_teacher=false",
             "eval.at_end_of_stages=false",
-            "rollout.max_model_len=384",
-            "rollout.enforce_eager=true",
-            "rollout.sampling.max_new_tokens=12",
-            f"teacher.http_port={free_port()}",
         ]
         job_id = f"dudi-test-{secrets.token_hex(4)}"
         submitted = subprocess.run(
@@ -95,7 +92,8 @@ def test_a_demo_run_submitted_as_a_ray_job_succeeds(tiny_world, tmp_path):
         assert f"job '{job_id}' succeeded" in status, f"{status}\n{logs[-4000:]}"
         assert "ready after (s)" in logs  # the run's own progress, read back through the job API
         results = json.loads((run_dir / "results.json").read_text())
-        assert results["policy_version"] >= 2 and (run_dir / "results.png").is_file()
+        assert "cold_start" in results["stage_seconds"] and (run_dir / "results.png").is_file()
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:

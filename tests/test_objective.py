@@ -1,5 +1,6 @@
 """The objective's math against independent float64 references written with explicit sums."""
 
+import dataclasses
 import math
 
 import pytest
@@ -273,6 +274,16 @@ def test_dudi_total_combines_the_three_terms():
     # With policy == reference the SPIN margin is 0, so the term is log 2.
     _, same = compute_loss(cfg, batch, forward, forward, pad_id=0)
     assert same["loss/spin"] == pytest.approx(math.log(2), rel=1e-6)
+    # Per-row KD weights (per-language routing): row 1 routed off adds nothing to either KD term, the mean still
+    # runs over every response token, and SPIN is untouched.
+    routed_batch = dataclasses.replace(batch, kd_weights=[1.0, 0.0])
+    _, routed = compute_loss(cfg, routed_batch, forward, ref_forward, pad_id=0)
+    assert routed["loss/off_kd"] == pytest.approx(sum(per_token[: len(y[0])]) / len(per_token), rel=1e-5)
+    assert routed["loss/on_kd"] < metrics["loss/on_kd"]
+    assert routed["loss/spin"] == pytest.approx(metrics["loss/spin"], rel=1e-6)
+    halved = dataclasses.replace(batch, kd_weights=[0.5, 0.5])
+    _, half = compute_loss(cfg, halved, forward, ref_forward, pad_id=0)
+    assert half["loss/on_kd"] == pytest.approx(metrics["loss/on_kd"] / 2, rel=1e-5)
 
 
 def test_missing_inputs_are_reported():

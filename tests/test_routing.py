@@ -1,0 +1,91 @@
+"""Per-language teacher routing: the rule's weights on a hand-made case, what is logged, the held-out rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from orchestrator import routing
+from orchestrator.config import RoutingConfig
+
+
+@dataclass(frozen=True)
+class Row:
+    prompt: str
+    lang: str
+
+
+TEACHER = {"en": 90.0, "my": 20.0, "th": 61.0, "avg": 57.0}
+STUDENT = {"en": 40.0, "my": 35.0, "th": 55.0, "avg": 43.3}
+
+
+def test_the_rule_sets_each_languages_kd_weight():
+    # The teacher trails in Burmese and leads Thai by 6 points.
+    down = routing.kd_weights(TEACHER, STUDENT, RoutingConfig(enabled=True, min_margin=5.0, down_weight=0.25))
+    assert down == {"en": 1.0, "my": 0.25, "th": 1.0}
+    off = routing.kd_weights(TEACHER, STUDENT, RoutingConfig(enabled=True, min_margin=10.0, below_margin="off"))
+    assert off == {"en": 1.0, "my": 0.0, "th": 0.0}
+
+
+def test_what_is_logged_per_language():
+    weights = routing.kd_weights(TEACHER, STUDENT, RoutingConfig(enabled=True, below_margin="off"))
+    logged = routing.routing_metrics(weights, TEACHER, STUDENT)
+    assert logged["routing/kd_weight_my"] == 0.0 and logged["routing/kd_weight_en"] == 1.0
+    assert logged["routing/teacher_em_my"] == 20.0 and logged["routing/student_em_my"] == 35.0
+    assert len(logged) == 3 * 3  # three languages, three numbers each; no "avg"
+
+
+def test_held_out_rows_are_never_trained_on_and_fixed_by_the_seed():
+    rows = [Row(f"p{i}", lang) for i in range(10) for lang in ("en", "my")]
+    train, held = routing.hold_out(rows, 3, seed=0)
+    assert len(held) == 6 and sorted(r.lang for r in held) == ["en"] * 3 + ["my"] * 3
+    assert not set(train) & set(held) and len(train) + len(held) == len(rows)
+    assert routing.hold_out(rows, 3, seed=0) == (train, held)
+    assert routing.hold_out(rows, 3, seed=1)[1] != held
+    with pytest.raises(ValueError, match="all 10 training rows of 'en'"):
+        routing.hold_out(rows, 10, seed=0)
+
+
+def test_routing_needs_a_teacher_model_to_measure(tmp_path):
+    from conftest import e2e_config
+
+    with pytest.raises(ValueError, match="routing.enabled measures models.teacher"):
+        e2e_config(tmp_path, tmp_path, 1, method="sdft", routing={"enabled": True})
+    assert e2e_config(tmp_path, tmp_path, 1, routing={"enabled": True}).routing.enabled
+
+
+@pytest.mark.e2e
+def test_languages_routed_off_contribute_no_kd_in_a_real_run(run, shared_rollout, tiny_world, serve_port, tmp_path):
+    """Through the whole stack: the teacher and the student are measured on held-out rows (the teacher on a vLLM
+    engine of its own), an unreachable margin routes every language off, and the learner's KD terms are then
+    exactly 0 while SPIN still trains; the weights and scores are logged per language."""
+    import json
+
+    from conftest import e2e_config
+
+    from orchestrator.loop import Trainer
+
+    models = {"student": run.result.checkpoints["cold_start"], "teacher": str(tiny_world / "teacher")}
+    cfg = e2e_config(
+        tiny_world,
+        tmp_path,
+        serve_port,
+        name="routed",
+        models=models,
+        cold_start={"enabled": False},
+        distill={"steps": 2, "batch_size": 8, "lr": 1e-2},
+        routing={"enabled": True, "rows_per_language": 1, "min_margin": 1000.0, "below_margin": "off"},
+    )
+    trainer = Trainer(cfg, False, shared_rollout)
+    held = {r.prompt for r in trainer.routing_rows}
+    assert len(trainer.routing_rows) == len(trainer.languages)
+    assert not held & {r.prompt for r in trainer.train_rows}
+    trainer.run()
+    steps = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 2
+    for step in steps:
+        assert step["loss/on_kd"] == 0.0 and step["loss/off_kd"] == 0.0 and step["loss/spin"] > 0
+        for lang in trainer.languages:
+            assert step[f"routing/kd_weight_{lang}"] == 0.0
+            assert 0.0 <= step[f"routing/teacher_em_{lang}"] <= 100.0
