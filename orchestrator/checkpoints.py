@@ -1,11 +1,12 @@
 """Run checkpoints under `<run>/checkpoints/`, written atomically, found again by `--resume`.
 
 A checkpoint is a directory `<stage>-<step:06d>` holding `state.json` (the orchestrator's state: stage, step,
-versions, RNG state, the stages already finished, SeqKD's teacher responses, how many metric and ledger lines
-existed) and, for one taken inside a stage, `learner/` (DeepSpeed's weights, optimizer and scheduler of every rank,
-and the EMA) and `student/` (an HF export of the weights, loadable on its own). It is assembled in a hidden
-`.tmp-*` sibling and renamed into place, so a crash while writing never leaves a directory that looks complete;
-`state.json` is written last, and only directories that have one are candidates for a resume.
+versions, the stages already finished, SeqKD's teacher responses, how many metric and ledger lines existed; the
+data order and the verbalizer's choices follow from the seed and need no saved RNG state) and, for one taken inside
+a stage, `learner/` (DeepSpeed's weights, optimizer and scheduler of every rank, and the EMA) and `student/` (an HF
+export of the weights, loadable on its own). It is assembled in a hidden `.tmp-*` sibling and renamed into place,
+so a crash while writing never leaves a directory that looks complete; `state.json` is written last, and only
+directories that have one are candidates for a resume.
 
 The learner's ranks write their own shards: across nodes, `output_dir` must be storage every node sees (NFS, a
 mounted bucket), as for any multi-node trainer's checkpoints.
@@ -40,7 +41,6 @@ class RunState:
     stage_done: bool  # the stage ended here (its HF checkpoint is in `finished`)
     learner_steps: int  # optimizer steps over the whole run (the policy version)
     finished: dict[str, str] = field(default_factory=dict)  # stage → its final HF checkpoint
-    verbalizer_rng: list | None = None  # random.Random.getstate() of the stage's verbalizer, JSON-friendly
     teacher_responses: dict[str, list[int]] = field(default_factory=dict)  # SeqKD: prompt → ŷ
     metrics_lines: int = 0  # lines of metrics.jsonl written up to here
     ledger_lines: int = 0

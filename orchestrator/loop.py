@@ -244,7 +244,7 @@ class Trainer:
             self._write_results()
             return self.result
         except (RolloutFailure, TeacherFailure) as error:  # restarts and retries ran out
-            raise self._failure(str(error)) from None
+            raise self._failure(_first_line(error)) from None
         except ray.exceptions.RayActorError as error:  # an actor Ray does not restart (a learner rank, mid-push)
             raise self._failure(f"a component died ({_first_line(error)})") from None
         finally:

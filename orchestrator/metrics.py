@@ -2,7 +2,7 @@
 
 On Ray, every step metric is also a `ray.util.metrics.Gauge` named `dudi_<metric>` (`loss/on_kd` →
 `dudi_loss_on_kd`), tagged with the run and the stage: Ray's metrics agent serves it on each node's Prometheus
-endpoint, which the Ray dashboard's Grafana panels (and `deploy/grafana/dudi.json`) read.
+endpoint, which the Ray dashboard's Grafana panels (and `deploy/grafana/dudi-dashboard.json`) read.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ def prometheus_name(metric: str) -> str:
     return "dudi_" + re.sub(r"[^a-zA-Z0-9_]", "_", metric)
 
 
-# One Gauge per metric name for the whole process: a second Gauge of the same name would take over the name, and
-# the series of earlier runs in the process (other tags) would no longer be exported.
+# One Gauge object per metric name for the whole process, shared by every run in it (each sets its own tags),
+# rather than a fresh registration of the same name per run. Ray exports what was set since its last export.
 _GAUGES: dict = {}
 
 
