@@ -1,13 +1,15 @@
-"""Every method of the paper on the tiny world, same budget and seed: the paper's Table 2 and Table 5, small.
+"""Every method of the paper, its ablations and per-language teacher routing on the bench tiny world, over seeds,
+with intervals and paired tests: the paper's Tables 2 and 5, small.
 
-    python benchmarks/compare_methods.py [--config configs/demo.yaml] [--seeds 0 1 2] [--skip-ablations] [key=value ...]
+    python benchmarks/compare_methods.py [--config configs/bench.yaml] [--seeds 0 1 2 3 4]
+                                         [--groups methods routing ablations] [--report-only] [key=value ...]
 
-One cold start (SFT) is trained once and shared: every preset then trains `distill.steps` steps from it
-with the same data order and seed, on one shared set of vLLM engines, and is evaluated greedily on the
-same eval rows. Then DuDi's ablations: the verbalizer modes (Table 5, top) and the divergences (bottom).
-Writes `compare_methods_seed{N}.json` per seed, then `compare_methods.md` (per-language exact match, mean over
-every seed file in --out, so later invocations add seeds) and `compare_methods.png` (bar chart). Extra
-`key=value` arguments override the config for every run.
+Per seed, one cold start (SFT) is trained and shared: every run then trains `distill.steps` steps from it with
+the same data order, batch and seed, on one shared set of vLLM engines, is evaluated greedily every
+`eval.every_steps` steps (the curves) and at the end on the same eval rows. Every finished run is written at once
+(`<out>/compare/seed<N>/<run>.json`, the cold start's checkpoint under --runs-dir), and a run already written is
+skipped: kill it at any time and run the same command again to go on. The report (`compare_methods.md`,
+`compare_methods.png`) is rebuilt from whatever runs exist after every run and with --report-only.
 """
 
 from __future__ import annotations
@@ -15,23 +17,59 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stats import aso_violation, mean_interval, paired_bootstrap  # noqa: E402
 
 METHOD_ORDER = ("sft", "dft", "spin", "sdft", "seqkd", "gkd", "dudi", "copsd")
-ABLATIONS = {
-    "verbalizer": [
-        (f"dudi, verbalizer {m}", [f"verbalizer.mode={m}"]) for m in ("none", "english", "multilingual", "mix")
+WEAK_LANGUAGE = "my"  # the bench world's teacher sees 5% of its Burmese (orchestrator/tiny_world/build.py)
+# Routing: where the teacher does not lead the student on the held-out rows, that language's KD terms are off.
+ROUTING = ["routing.enabled=true", "routing.below_margin=off", "routing.min_margin=0"]
+# The runs the verdict rests on (DuDi against SFT and GKD) go first, so a comparison cut short still has them.
+RUN_ORDER = ("dudi", "sft", "gkd", "dft", "spin", "seqkd", "sdft", "copsd")
+GROUPS = {
+    "methods": [(m, [f"method={m}"]) for m in RUN_ORDER],
+    "routing": [("dudi + routing", ["method=dudi", *ROUTING])],
+    "ablations": [
+        *[(f"dudi, λ={lam}", ["method=dudi", f"learner.objective.lam={lam}"]) for lam in (0.0, 1.0)],
+        ("dudi, α=0", ["method=dudi", "learner.objective.alpha=0"]),
+        *[(f"dudi, {d}", ["method=dudi", f"learner.objective.divergence={d}"]) for d in ("fkl", "jsd")],
+        *[
+            (f"dudi, verbalizer {m}", ["method=dudi", f"verbalizer.mode={m}"])
+            for m in ("none", "english", "multilingual", "mix")
+        ],
     ],
-    "divergence": [(f"dudi, {d}", [f"learner.objective.divergence={d}"]) for d in ("fkl", "jsd")],
+}
+# DuDi's defaults are the reference row of each ablation table (DESIGN.md: λ 0.5, α 0.1, rkl, crosslingual).
+ABLATION_TABLES = {
+    "λ (On-KD share of the KD term; paper Table 5)": ("dudi, λ=0.5", ["dudi, λ=0.0", "dudi, λ=1.0"]),
+    "α (SPIN weight)": ("dudi, α=0.1", ["dudi, α=0"]),
+    "divergence (paper Table 5)": ("dudi, rkl", ["dudi, fkl", "dudi, jsd"]),
+    "verbalizer (paper Table 5)": (
+        "dudi, verbalizer crosslingual",
+        [f"dudi, verbalizer {m}" for m in ("none", "english", "multilingual", "mix")],
+    ),
 }
 PAPER_TABLE_2 = {"dudi": 10.1, "dft": 9.7, "spin": 9.5, "gkd": 9.0, "sft": 8.6, "seqkd": 6.1, "sdft": 3.6}
+PAPER_ABLATIONS = [  # (better, worse) as the paper reports them
+    ("dudi, rkl", "dudi, jsd"),
+    ("dudi, rkl", "dudi, fkl"),
+    *[("dudi, verbalizer crosslingual", f"dudi, verbalizer {m}") for m in ("none", "english", "multilingual", "mix")],
+]
 
 
-def run_variant(base: Path, overrides: list[str], name: str, cold_start: str, rollout, out_dir: Path) -> dict:
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("λ", "lambda").replace("α", "alpha")).strip("_")
+
+
+# --- running ----------------------------------------------------------------------------------------------------
+def run_variant(base: Path, overrides: list[str], name: str, cold_start: str, rollout, runs_dir: Path) -> dict:
     from orchestrator.config import load_config
     from orchestrator.loop import Trainer
 
@@ -39,8 +77,8 @@ def run_variant(base: Path, overrides: list[str], name: str, cold_start: str, ro
         base,
         [
             *overrides,
-            f"name={name.replace(' ', '_').replace(',', '')}",
-            f"output_dir={out_dir}/{{name}}",
+            f"name={slug(name)}",
+            f"output_dir={runs_dir}/{{name}}",
             "cold_start.enabled=false",
             "eval.compare_teacher=false",
             "eval.at_end_of_stages=true",
@@ -57,190 +95,396 @@ def run_variant(base: Path, overrides: list[str], name: str, cold_start: str, ro
         "name": name,
         "overrides": overrides,
         "accuracy": accuracy,
+        "curve": trainer.result.curves.get("distill", []),
         "seconds": round(time.perf_counter() - started, 1),
         "last_metrics": trainer.result.last_metrics.get("distill", {}),
     }
 
 
-def table(rows: list[dict], languages: list[str]) -> str:
-    """Per-language exact match averaged over the seeds each run has; the last columns give each seed's avg."""
-    head = "| run | " + " | ".join(languages) + " | avg | Δ vs cold start | avg per seed | s / run |"
+def world_facts(cfg) -> dict:
+    """The bench world's manifest: sizes, the teacher's share of each language, the chance level."""
+    manifest = Path(cfg.models.teacher).parent / "manifest.json"
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path, runs_root: Path) -> None:
+    """The cold start (trained once, reused from disk), then every run of `plan` not yet written for this seed."""
+    from orchestrator.config import load_config
+    from orchestrator.loop import COLD_START_OBJECTIVE, Trainer
+    from orchestrator.startup import init_ray
+
+    seed_out = out / f"seed{seed}"
+    seed_out.mkdir(parents=True, exist_ok=True)
+    todo = [(name, variant) for name, variant in plan if not (seed_out / f"{slug(name)}.json").exists()]
+    if not todo:
+        return
+    overrides = [*overrides, f"seed={seed}"]
+    runs_dir = runs_root / f"seed{seed}"
+    cold_file = seed_out / "_cold_start.json"
+    known = json.loads(cold_file.read_text()) if cold_file.exists() else None
+    have_checkpoint = known is not None and Path(known["checkpoint"], "config.json").is_file()
+    cfg = load_config(
+        base,
+        [
+            *overrides,
+            "name=cold_start",
+            f"output_dir={runs_dir}/{{name}}",
+            "distill.enabled=false",
+            f"eval.compare_teacher={known is None}",
+        ],
+    )
+    init_ray(cfg.ray)
+    owner = Trainer(cfg, progress=True)  # owns the engines every run of this seed shares
+    try:
+        owner.start()
+        if have_checkpoint:
+            cold_start = known["checkpoint"]
+            print(f"=== seed {seed}: cold start reused from {cold_start} ===", flush=True)
+        else:
+            cold_start = owner.run_stage("cold_start", cfg.cold_start, COLD_START_OBJECTIVE, cfg.models.student)
+            known = {
+                "seed": seed,
+                "checkpoint": cold_start,
+                "teacher": owner.result.accuracy.get("teacher") or (known or {}).get("teacher"),
+                "cold_start": owner.result.accuracy["cold start (SFT)"],
+                "seconds": owner.result.stage_seconds["cold_start"],
+                "languages": owner.languages,
+                "eval_rows": len(owner.eval_rows),
+                "cold_start_steps": cfg.cold_start.steps,
+                "steps": cfg.distill.steps,
+                "batch_size": cfg.distill.batch_size,
+                "eval_every_steps": cfg.eval.every_steps,
+                "config": str(base),
+                "world": world_facts(cfg),
+            }
+            cold_file.write_text(json.dumps(known, indent=1, ensure_ascii=False))
+        for i, (name, variant) in enumerate(todo, 1):
+            print(f"=== seed {seed} [{i}/{len(todo)}] {name} ===", flush=True)
+            row = run_variant(base, [*overrides, *variant], name, cold_start, owner.rollout, runs_dir)
+            row["seed"] = seed
+            (seed_out / f"{slug(name)}.json").write_text(json.dumps(row, indent=1, ensure_ascii=False))
+            write_report(out.parent, " ".join(sys.argv[1:]))
+    finally:
+        owner.close()
+
+
+# --- reading the results ----------------------------------------------------------------------------------------
+def load_results(compare_dir: Path) -> tuple[dict[int, dict], dict[str, dict[int, dict]]]:
+    """({seed: cold-start record}, {run name: {seed: run record}})."""
+    cold: dict[int, dict] = {}
+    runs: dict[str, dict[int, dict]] = {}
+    for seed_dir in sorted(compare_dir.glob("seed*")):
+        for path in sorted(seed_dir.glob("*.json")):
+            record = json.loads(path.read_text())
+            if path.name == "_cold_start.json":
+                cold[record["seed"]] = record
+            else:
+                runs.setdefault(record["name"], {})[record["seed"]] = record
+    # The fixed rows every table carries, as runs: the teacher and the cold start (one per seed).
+    runs["teacher"] = {s: {"accuracy": c["teacher"], "seed": s} for s, c in cold.items() if c.get("teacher")}
+    runs["cold start (SFT)"] = {
+        s: {"accuracy": c["cold_start"], "seed": s, "seconds": c["seconds"]} for s, c in cold.items()
+    }
+    if "dudi" in runs:  # DuDi's defaults under each ablation's name
+        for alias in ("dudi, λ=0.5", "dudi, α=0.1", "dudi, rkl", "dudi, verbalizer crosslingual"):
+            runs[alias] = runs["dudi"]
+    return cold, runs
+
+
+def scores(runs: dict[int, dict], key: str = "avg", seeds: list[int] | None = None) -> list[float]:
+    return [runs[s]["accuracy"][key] for s in sorted(runs) if seeds is None or s in seeds]
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    interval = mean_interval(values)
+    return (
+        f"**{interval.mean:.1f}**"
+        if len(values) == 1
+        else f"**{interval.mean:.1f}** [{interval.low:.1f}, {interval.high:.1f}]"
+    )
+
+
+def table(names: list[str], runs: dict, languages: list[str], chance: float | None) -> str:
+    """Per language the mean over seeds; avg with its 95% t interval; each seed's avg; seconds per run."""
+    head = "| run | " + " | ".join(languages) + " | avg [95% CI] | seeds | avg per seed | s / run |"
     lines = [head, "|---|" + "---:|" * (len(languages) + 4)]
-    base = next((r["accuracy"]["avg"] for r in rows if r["name"] == "cold start (SFT)"), None)
-    for r in rows:
-        acc = r["accuracy"]
-        delta = "" if base is None or r["name"] in ("teacher", "cold start (SFT)") else f"{acc['avg'] - base:+.1f}"
-        per_seed = " / ".join(f"{v:.1f}" for v in r["per_seed"])
+    if chance is not None:
         lines.append(
-            f"| {r['name']} | "
-            + " | ".join(f"{acc[lang]:.1f}" for lang in languages)
-            + f" | **{acc['avg']:.1f}** | {delta} | {per_seed} | {r.get('seconds', '')} |"
+            "| chance (best constant answer) | "
+            + " | ".join(f"{chance:.1f}" for _ in languages)
+            + f" | {chance:.1f} | | | |"
+        )
+    for name in names:
+        if name not in runs or not runs[name]:
+            continue
+        by_seed = runs[name]
+        per_lang = [sum(scores(by_seed, lang)) / len(by_seed) for lang in languages]
+        seconds = [r["seconds"] for r in by_seed.values() if r.get("seconds")]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{v:.1f}" for v in per_lang)
+            + f" | {cell(scores(by_seed))} | {len(by_seed)} | "
+            + " / ".join(f"{v:.1f}" for v in scores(by_seed))
+            + f" | {round(sum(seconds) / len(seconds)) if seconds else ''} |"
         )
     return "\n".join(lines)
 
 
-def bar_chart(rows: list[dict], path: Path) -> None:
+ASO_ITERATIONS = 1000
+_aso_cache: dict[str, float] = {}
+
+
+def aso(xa: list[float], xb: list[float]) -> float:
+    """ε_min(A ≻ B), remembered: the report is rebuilt after every run and each call costs seconds."""
+    key = json.dumps([xa, xb, ASO_ITERATIONS])
+    if key not in _aso_cache:
+        _aso_cache[key] = aso_violation(xa, xb, iterations=ASO_ITERATIONS)
+    return _aso_cache[key]
+
+
+def paired(runs: dict, a: str, b: str, key: str = "avg") -> dict | None:
+    """a − b over the seeds both have: mean and bootstrap interval, one-sided p, ASO ε_min both ways."""
+    if a not in runs or b not in runs:
+        return None
+    seeds = sorted(set(runs[a]) & set(runs[b]))
+    if len(seeds) < 2:
+        return None
+    xa, xb = scores(runs[a], key, seeds), scores(runs[b], key, seeds)
+    diff = paired_bootstrap(xa, xb)
+    return {
+        "seeds": len(seeds),
+        "diff": diff,
+        "aso_a_better": aso(xa, xb),
+        "aso_b_better": aso(xb, xa),
+    }
+
+
+def verdict(test: dict) -> str:
+    d = test["diff"]
+    if d.low > 0 and test["aso_a_better"] < 0.5:
+        return "better (significant)"
+    if d.high < 0 and test["aso_b_better"] < 0.5:
+        return "worse (significant)"
+    return "no significant difference"
+
+
+def comparison_table(runs: dict, pairs: list[tuple[str, str]], key: str = "avg") -> str:
+    lines = [
+        "| A | B | A − B (mean) | 95% bootstrap CI | p (A ≤ B) | ASO ε_min(A ≻ B) | ASO ε_min(B ≻ A) | seeds | verdict |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for a, b in pairs:
+        test = paired(runs, a, b, key)
+        if test is None:
+            continue
+        d = test["diff"]
+        lines.append(
+            f"| {a} | {b} | {d.mean:+.1f} | [{d.low:+.1f}, {d.high:+.1f}] | {d.p_value:.3f} | "
+            f"{test['aso_a_better']:.2f} | {test['aso_b_better']:.2f} | {test['seeds']} | {verdict(test)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(out: Path, command: str) -> None:
+    cold, runs = load_results(out / "compare")
+    if not cold:
+        print(f"no results under {out / 'compare'} yet")
+        return
+    first = cold[min(cold)]
+    languages = first["languages"]
+    world = first.get("world", {})
+    chance = world.get("chance_exact_match_eval_set")
+    wall_s = sum(r.get("seconds", 0) for name, by in runs.items() if name in _ran(runs) for r in by.values())
+    wall_s += sum(c["seconds"] for c in cold.values())
+    text = [
+        "# Every method on the bench tiny world, over seeds",
+        "",
+        f"Command: `python benchmarks/compare_methods.py {command}`. World: `dudi tiny-world --size bench` "
+        f"(teacher {world.get('teacher_parameters', 0) / 1e6:.1f}M parameters, student "
+        f"{world.get('student_parameters', 0) / 1e6:.1f}M; the teacher saw "
+        f"{world.get('teacher_problems_by_language', {}).get(WEAK_LANGUAGE, '?')} of the "
+        f"{world.get('spec', {}).get('train_per_language', '?')} Burmese training problems). Per seed one cold start "
+        f"({first.get('cold_start_steps')} SFT steps), then {first['steps']} steps of every run from it (batch "
+        f"{first['batch_size']}), greedy exact match on {first['eval_rows']} eval rows "
+        f"({first['eval_rows'] // len(languages)} per language) every {first.get('eval_every_steps')} steps and at "
+        f"the end. Seeds {sorted(cold)}; compute so far {wall_s / 3600:.1f} h of runs on this 2-core machine. "
+        "Cells: mean over seeds; avg with Student's t 95% interval over seeds.",
+        "",
+        "## Methods (paper Table 2)",
+        "",
+        table(["teacher", "cold start (SFT)", *METHOD_ORDER, "dudi + routing"], runs, languages, chance),
+        "",
+        "## DuDi against every other method, paired by seed",
+        "",
+        "Paired bootstrap of the per-seed difference of avg exact match (10,000 resamples) and Almost Stochastic "
+        "Order (the paper's test, `deepsig`; ε_min < 0.5: A is almost stochastically better). A difference is "
+        "called significant when the bootstrap interval excludes 0 and ASO agrees.",
+        "",
+        comparison_table(runs, [("dudi", m) for m in METHOD_ORDER if m != "dudi"]),
+        "",
+        "Ordering here: " + ordering(runs, list(PAPER_TABLE_2)),
+        "",
+        "Ordering in the paper (avg over its benchmarks): " + " > ".join(f"{m} {v}" for m, v in PAPER_TABLE_2.items()),
+        "",
+        f"## The weak-teacher language ({WEAK_LANGUAGE}) and per-language routing",
+        "",
+        f"Exact match on {WEAK_LANGUAGE} only. `dudi + routing`: {' '.join(ROUTING)} (the held-out rows are "
+        "measured at the start of distillation; a language where the teacher does not lead the student gets KD "
+        "weight 0).",
+        "",
+        weak_language_table(runs),
+        "",
+        comparison_table(runs, [("dudi + routing", "dudi"), ("sft", "dudi"), ("sft", "gkd")], key=WEAK_LANGUAGE),
+        "",
+        "And on the average over languages:",
+        "",
+        comparison_table(runs, [("dudi + routing", "dudi")]),
+    ]
+    for title, (reference, names) in ABLATION_TABLES.items():
+        if not any(n in runs for n in names):
+            continue
+        text += [
+            "",
+            f"## DuDi ablation: {title}",
+            "",
+            table([reference, *names], runs, languages, None),
+            "",
+            comparison_table(runs, [(reference, n) for n in names]),
+        ]
+    paper_pairs = [p for p in PAPER_ABLATIONS if p[0] in runs and p[1] in runs]
+    if paper_pairs:
+        text += [
+            "",
+            "## Where the ablations agree with the paper",
+            "",
+            "In every row A is what the paper found better: `better (significant)` agrees with it, `worse "
+            "(significant)` contradicts it, anything else leaves it unresolved at this many seeds.",
+            "",
+            comparison_table(runs, paper_pairs),
+        ]
+    discussion = out / "compare_methods_discussion.md"
+    if discussion.exists():
+        text += ["", discussion.read_text().strip()]
+    (out / "compare_methods.md").write_text("\n".join(text) + "\n")
+    plot(runs, languages, chance, out / "compare_methods.png")
+    print(f"report: {out / 'compare_methods.md'}")
+
+
+def _ran(runs: dict) -> set[str]:
+    """Run names that were trained (not the aliases and fixed rows)."""
+    aliases = {
+        "teacher",
+        "cold start (SFT)",
+        "dudi, λ=0.5",
+        "dudi, α=0.1",
+        "dudi, rkl",
+        "dudi, verbalizer crosslingual",
+    }
+    return set(runs) - aliases
+
+
+def ordering(runs: dict, names: list[str]) -> str:
+    present = [(n, mean_interval(scores(runs[n])).mean) for n in names if runs.get(n)]
+    return " > ".join(f"{n} {v:.1f}" for n, v in sorted(present, key=lambda item: -item[1]))
+
+
+def weak_language_table(runs: dict) -> str:
+    lines = [f"| run | {WEAK_LANGUAGE} [95% CI] | avg of the other languages | seeds |", "|---|---|---:|---:|"]
+    for name in ("teacher", "cold start (SFT)", "sft", "gkd", "dudi", "dudi + routing"):
+        if not runs.get(name):
+            continue
+        by_seed = runs[name]
+        others = [
+            sum(v for k, v in r["accuracy"].items() if k not in ("avg", WEAK_LANGUAGE)) / (len(r["accuracy"]) - 2)
+            for r in by_seed.values()
+        ]
+        lines.append(
+            f"| {name} | {cell(scores(by_seed, WEAK_LANGUAGE))} | {sum(others) / len(others):.1f} | {len(by_seed)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: dict, languages: list[str], chance: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["name"] for r in rows]
-    values = [r["accuracy"]["avg"] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 4))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 10))
+    names = [n for n in ("teacher", "cold start (SFT)", *METHOD_ORDER, "dudi + routing") if runs.get(n)]
+    _bars(axes[0][0], names, runs, "avg", chance, "Methods: avg exact match (mean, 95% CI, seeds as dots)")
+    curves = axes[0][1]
+    for name in [n for n in (*METHOD_ORDER, "dudi + routing") if runs.get(n)]:
+        by_seed = [r["curve"] for r in runs[name].values() if r.get("curve")]
+        if not by_seed:
+            continue
+        steps = sorted({p["step"] for curve in by_seed for p in curve})
+        mean = [
+            sum(p["avg"] for curve in by_seed for p in curve if p["step"] == s)
+            / sum(1 for curve in by_seed for p in curve if p["step"] == s)
+            for s in steps
+        ]
+        start = sum(scores(runs["cold start (SFT)"])) / len(runs["cold start (SFT)"])
+        curves.plot([0, *steps], [start, *mean], marker=".", label=name, linewidth=2.5 if name == "dudi" else 1.2)
+    curves.set_xlabel("distillation step")
+    curves.set_ylabel("avg exact match (%), mean over seeds")
+    curves.set_title("Eval curves")
+    curves.legend(fontsize=8)
+    ablations = [n for _, variants in ABLATION_TABLES.values() for n in variants if runs.get(n)]
+    if ablations:
+        _bars(axes[1][0], ["dudi", *ablations], runs, "avg", None, "DuDi (defaults) and its ablations: avg exact match")
+    weak = [n for n in ("teacher", "cold start (SFT)", "sft", "gkd", "dudi", "dudi + routing") if runs.get(n)]
+    _bars(axes[1][1], weak, runs, WEAK_LANGUAGE, chance, f"Weak-teacher language ({WEAK_LANGUAGE}): exact match")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bars(ax, names: list[str], runs: dict, key: str, chance: float | None, title: str) -> None:
+    means, errors = [], []
+    for name in names:
+        interval = mean_interval(scores(runs[name], key))
+        means.append(interval.mean)
+        errors.append(0.0 if interval.low != interval.low else interval.mean - interval.low)  # nan: one seed
     colors = [
         "#888888" if n in ("teacher", "cold start (SFT)") else "#d62728" if n.startswith("dudi") else "#1f77b4"
         for n in names
     ]
-    ax.bar(range(len(rows)), values, color=colors)
-    for i, r in enumerate(rows):  # every seed as a dot, so the spread is visible
-        ax.plot([i] * len(r["per_seed"]), r["per_seed"], "k.", markersize=4)
-    ax.set_xticks(range(len(rows)), names, rotation=45, ha="right")
-    ax.set_ylabel("exact match, avg over languages (%)")
-    ax.set_title("Tiny world: every method from the same cold start, same budget (bars: mean, dots: seeds)")
-    for i, v in enumerate(values):
-        ax.text(i, v + 0.8, f"{v:.1f}", ha="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def run_seed(base: Path, overrides: list[str], seed: int, runs_dir: Path, skip_ablations: bool) -> dict:
-    """One cold start, then every method (and DuDi's ablations) from it; returns the rows and the eval setup."""
-    from orchestrator.config import load_config
-    from orchestrator.loop import COLD_START_OBJECTIVE, Trainer
-    from orchestrator.startup import init_ray
-
-    overrides = [*overrides, f"seed={seed}"]
-    runs_dir = runs_dir / f"seed{seed}"
-    cfg = load_config(base, [*overrides, "name=cold_start", f"output_dir={runs_dir}/{{name}}", "distill.enabled=false"])
-    init_ray(cfg.ray)
-    # The first trainer owns the shared engines and the cold start; it also evaluates the teacher once.
-    owner = Trainer(cfg, progress=True)
-    rows: list[dict] = []
-    try:
-        owner.start()
-        cold_start = owner.run_stage("cold_start", cfg.cold_start, COLD_START_OBJECTIVE, cfg.models.student)
-        if "teacher" in owner.result.accuracy:
-            rows.append({"name": "teacher", "accuracy": owner.result.accuracy["teacher"]})
-        rows.append(
-            {
-                "name": "cold start (SFT)",
-                "accuracy": owner.result.accuracy["cold start (SFT)"],
-                "seconds": owner.result.stage_seconds["cold_start"],
-            }
-        )
-        plan = [(m, [f"method={m}"]) for m in METHOD_ORDER]
-        if not skip_ablations:
-            plan += [(name, ["method=dudi", *o]) for group in ABLATIONS.values() for name, o in group]
-        for i, (name, variant) in enumerate(plan, 1):
-            print(f"=== seed {seed} [{i}/{len(plan)}] {name} ===", flush=True)
-            rows.append(run_variant(base, [*overrides, *variant], name, cold_start, owner.rollout, runs_dir))
-    finally:
-        owner.close()
-    return {
-        "seed": seed,
-        "rows": rows,
-        "languages": owner.languages,
-        "eval_rows": len(owner.eval_rows),
-        "steps": cfg.distill.steps,
-        "batch_size": cfg.distill.batch_size,
-    }
-
-
-def merge_seeds(results: list[dict]) -> list[dict]:
-    """Rows with the same name across seeds → one row: mean accuracy per language, each seed's avg kept."""
-    merged: dict[str, dict] = {}
-    for result in results:
-        for row in result["rows"]:
-            entry = merged.setdefault(row["name"], {"name": row["name"], "runs": []})
-            entry["runs"].append(row)
-    out = []
-    for entry in merged.values():
-        runs = entry["runs"]
-        keys = runs[0]["accuracy"].keys()
-        accuracy = {k: sum(r["accuracy"][k] for r in runs) / len(runs) for k in keys}
-        seconds = [r["seconds"] for r in runs if r.get("seconds")]
-        out.append(
-            {
-                "name": entry["name"],
-                "accuracy": accuracy,
-                "per_seed": [r["accuracy"]["avg"] for r in runs],
-                "seconds": round(sum(seconds) / len(seconds)) if seconds else "",
-            }
-        )
-    return out
+    ax.bar(range(len(names)), means, yerr=errors, color=colors, capsize=3)
+    for i, name in enumerate(names):
+        values = scores(runs[name], key)
+        ax.plot([i] * len(values), values, "k.", markersize=4)
+        ax.text(i, means[i] + errors[i] + 1, f"{means[i]:.1f}", ha="center", fontsize=8)
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle=":", label=f"chance {chance:.1f}%")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("exact match (%)")
+    ax.set_title(title, fontsize=10)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--config", default="configs/bench.yaml")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--runs-dir", default="runs/compare")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run every method once per seed")
-    parser.add_argument("--skip-ablations", action="store_true")
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the seed files")
+    parser.add_argument("--runs-dir", default="runs/compare", help="checkpoints and logs of every run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), help="run these groups, in this order"
+    )
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the written runs")
     parser.add_argument("overrides", nargs="*", help="key.sub=value for every run")
     args = parser.parse_args()
 
-    base, out, runs_dir = Path(args.config), Path(args.out), Path(args.runs_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for seed in [] if args.report_only else args.seeds:
-        started = time.perf_counter()
-        result = run_seed(base, args.overrides, seed, runs_dir, args.skip_ablations)
-        result["wall_s"] = round(time.perf_counter() - started)
-        result["command"] = " ".join(["python benchmarks/compare_methods.py", *sys.argv[1:]])
-        (out / f"compare_methods_seed{seed}.json").write_text(json.dumps(result, indent=2))
-    write_report(out, args.config)
-
-
-def write_report(out: Path, config: str) -> None:
-    """The report over every `compare_methods_seed*.json` in `out` (successive invocations add seeds)."""
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("compare_methods_seed*.json"))]
-    languages = results[0]["languages"]
-    rows = merge_seeds(results)
-    methods = [r for r in rows if r["name"] in ("teacher", "cold start (SFT)", *METHOD_ORDER)]
-    ablations = [r for r in rows if r["name"].startswith("dudi, ")]
-    dudi = next(r for r in rows if r["name"] == "dudi")
-    ranking = sorted((r for r in rows if r["name"] in PAPER_TABLE_2), key=lambda r: -r["accuracy"]["avg"])
-    seeds = [r["seed"] for r in results]
-    wall = ", ".join(f"seed {r['seed']}: {r['wall_s'] / 60:.0f} min" for r in results)
-    text = [
-        "# Every method on the tiny world",
-        "",
-        f"`python benchmarks/compare_methods.py --config {config} --seeds …`: per seed one cold start, then "
-        f"{results[0]['steps']} steps of each method from it (batch {results[0]['batch_size']}), greedy exact match "
-        f"on {results[0]['eval_rows']} eval rows. Seeds {seeds}; wall time {wall}. Cells are means over the seeds.",
-        "",
-        "## Methods (paper Table 2)",
-        "",
-        table(methods, languages),
-        "",
-        "Ordering here: " + " > ".join(f"{r['name']} {r['accuracy']['avg']:.1f}" for r in ranking),
-        "",
-        "Ordering in the paper: " + " > ".join(f"{m} {v}" for m, v in PAPER_TABLE_2.items()),
-    ]
-    if ablations:
-        # DuDi's own row in these tables comes from the same seeds as the ablations, not from every seed.
-        ablation_seeds = [r for r in results if any(row["name"].startswith("dudi, ") for row in r["rows"])]
-        dudi = next(r for r in merge_seeds(ablation_seeds) if r["name"] == "dudi")
-        verbalizer = [dict(dudi, name="dudi, verbalizer crosslingual")] + [
-            r for r in ablations if "verbalizer" in r["name"]
-        ]
-        divergence = [dict(dudi, name="dudi, rkl")] + [r for r in ablations if "verbalizer" not in r["name"]]
-        text += [
-            "",
-            f"## DuDi: verbalizer modes (paper Table 5), seeds {[r['seed'] for r in ablation_seeds]}",
-            "",
-            table(verbalizer, languages),
-            "",
-            f"## DuDi: divergences (paper Table 5), seeds {[r['seed'] for r in ablation_seeds]}",
-            "",
-            table(divergence, languages),
-        ]
-    (out / "compare_methods.md").write_text("\n".join(text) + "\n")
-    bar_chart(methods + ablations, out / "compare_methods.png")
-    print("\n".join(text))
+    base, out, runs_root = Path(args.config), Path(args.out), Path(args.runs_dir).resolve()
+    if not args.report_only:
+        # Group by group over every seed, so the methods have all their seeds before the first ablation starts.
+        for group in args.groups:
+            for seed in args.seeds:
+                run_seed(base, args.overrides, seed, GROUPS[group], out / "compare", runs_root)
+    write_report(out, " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -67,9 +67,12 @@ def paired_bootstrap(
     return PairedDifference(float(differences.mean()), float(low), float(high), float((means <= 0).mean()))
 
 
-def aso_violation(scores_a, scores_b, seed: int = 0, confidence: float = 0.95, comparisons: int = 1) -> float:
+def aso_violation(
+    scores_a, scores_b, seed: int = 0, confidence: float = 0.95, comparisons: int = 1, iterations: int = 1000
+) -> float:
     """ε_min of ASO: below 0.5, A is almost stochastically better than B (the paper's test; 0 = always better,
-    1 = never). `comparisons` applies the Bonferroni correction when several pairs are tested."""
+    1 = never). `comparisons` applies the Bonferroni correction when several pairs are tested; `iterations` is the
+    bootstrap size of its variance estimate (deepsig's default, 1000, costs seconds per call)."""
     from deepsig import aso
 
     return float(
@@ -78,6 +81,7 @@ def aso_violation(scores_a, scores_b, seed: int = 0, confidence: float = 0.95, c
             list(map(float, scores_b)),
             confidence_level=confidence,
             num_comparisons=comparisons,
+            num_bootstrap_iterations=iterations,
             seed=seed,
             show_progress=False,
         )

@@ -20,7 +20,17 @@ def _parser() -> argparse.ArgumentParser:
     world = sub.add_parser("tiny-world", help="build the tiny models and data (cached)")
     world.add_argument("--seed", type=int, default=0)
     world.add_argument(
-        "--out", type=Path, default=None, help="default: $DUDI_TINY_WORLD or ~/.cache/dudi/tiny-world-seed<N>"
+        "--size",
+        choices=("demo", "bench"),
+        default="demo",
+        help="demo: the embedded default's world (minutes); bench: more data and a longer-trained teacher for "
+        "benchmarks/compare_methods.py (built once, cached apart)",
+    )
+    world.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: $DUDI_TINY_WORLD or ~/.cache/dudi/tiny-world-seed<N> (bench: tiny-world-bench-seed<N>)",
     )
     world.add_argument(
         "--teacher-steps", type=int, default=None, help="teacher SFT steps (default: TinyWorldSpec.teacher_steps)"
@@ -122,7 +132,7 @@ def _dispatch(args) -> int:
     if args.command == "tiny-world":
         from orchestrator.commands import tiny_world
 
-        return tiny_world(args.seed, args.out, args.teacher_steps, args.force)
+        return tiny_world(args.seed, args.out, args.teacher_steps, args.force, args.size)
     if args.command == "train":
         from orchestrator.commands import train
 

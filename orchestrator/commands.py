@@ -10,11 +10,15 @@ from pathlib import Path
 from orchestrator.config import DataConfig, RayConfig, load_config, tiny_world_dir
 
 
-def tiny_world(seed: int, out: Path | None, teacher_steps: int | None, force: bool) -> int:
-    from orchestrator.tiny_world.build import FORMAT_VERSION, TinyWorldSpec, build
+def tiny_world(seed: int, out: Path | None, teacher_steps: int | None, force: bool, size: str = "demo") -> int:
+    from dataclasses import replace
 
-    out = out or tiny_world_dir(seed)
-    spec = TinyWorldSpec(seed=seed) if teacher_steps is None else TinyWorldSpec(seed=seed, teacher_steps=teacher_steps)
+    from orchestrator.tiny_world.build import FORMAT_VERSION, build, spec_for
+
+    out = out or tiny_world_dir(seed, size)
+    spec = spec_for(size, seed)
+    if teacher_steps is not None:
+        spec = replace(spec, teacher_steps=teacher_steps)
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())
@@ -25,7 +29,8 @@ def tiny_world(seed: int, out: Path | None, teacher_steps: int | None, force: bo
     manifest = build(out, spec)
     print(
         f"[tiny-world] built {out} in {manifest['build_seconds']} s: teacher {manifest['teacher_parameters'] / 1e6:.2f}M params "
-        f"(final loss {manifest['teacher_final_loss']:.3f}), student {manifest['student_parameters'] / 1e6:.2f}M params"
+        f"(final loss {manifest['teacher_final_loss']:.3f}), student {manifest['student_parameters'] / 1e6:.2f}M params; "
+        f"chance (best constant answer) {manifest['chance_exact_match']:.1f}%"
     )
     return 0
 

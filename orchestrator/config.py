@@ -117,6 +117,12 @@ class EvalConfig(BaseModel):
         False, description="Also evaluate the teacher (one more vLLM engine) for the final table."
     )
     max_new_tokens: int = Field(64, ge=1)
+    every_steps: int = Field(
+        0,
+        ge=0,
+        description="Also evaluate the student every N steps of each stage: eval/* metrics and results.json's "
+        "curves (0: only at the end of stages).",
+    )
 
 
 class ScoringConfig(BaseModel):
@@ -153,7 +159,8 @@ class WeightSyncConfig(BaseModel):
 class RoutingConfig(BaseModel):
     """Per-language teacher routing: at the start of distillation (and every `every_steps`), the teacher and the
     student are measured per language (greedy exact match on held-out training rows), and where the teacher does
-    not lead the student by `min_margin` points, that language's KD terms are switched off or down-weighted."""
+    not lead the student by `min_margin` points, that language's KD terms are switched off, down-weighted, or
+    scored by `other_teacher` instead."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -164,11 +171,24 @@ class RoutingConfig(BaseModel):
     min_margin: float = Field(
         0.0, description="Exact-match points the teacher must lead the student by for full KD weight in a language."
     )
-    below_margin: Literal["off", "down_weight"] = Field(
-        "down_weight", description="What a language where the teacher trails gets: KD weight 0, or `down_weight`."
+    below_margin: Literal["off", "down_weight", "other_teacher"] = Field(
+        "down_weight",
+        description="What a language where the teacher trails gets: KD weight 0, `down_weight`, or its KD "
+        "sequences scored by `other_teacher` (full weight).",
     )
     down_weight: float = Field(0.5, ge=0.0, le=1.0)
+    other_teacher: str | None = Field(
+        None,
+        description="below_margin=other_teacher: a second teacher (local dir or HF cache name, same vocabulary), "
+        "deployed as its own Serve app beside models.teacher.",
+    )
     every_steps: int = Field(0, ge=0, description="Measure the student again every N distillation steps (0: once).")
+
+    @model_validator(mode="after")
+    def _other_teacher_named(self) -> RoutingConfig:
+        if self.below_margin == "other_teacher" and not self.other_teacher:
+            raise ValueError("routing.below_margin=other_teacher needs routing.other_teacher (a model path)")
+        return self
 
 
 class CheckpointConfig(BaseModel):
@@ -266,12 +286,19 @@ class RunConfig(BaseModel):
         return Path(self.output_dir.format(name=self.name))
 
 
-def tiny_world_dir(seed: int = 0) -> Path:
-    """Where `dudi tiny-world` caches its models and data (outside git); `DUDI_TINY_WORLD` overrides it."""
-    if os.environ.get("DUDI_TINY_WORLD"):
-        return Path(os.environ["DUDI_TINY_WORLD"])
+TINY_WORLD_SIZES = ("demo", "bench")
+
+
+def tiny_world_dir(seed: int = 0, size: str = "demo") -> Path:
+    """Where `dudi tiny-world [--size bench]` caches its models and data (outside git); `DUDI_TINY_WORLD`
+    (`DUDI_TINY_WORLD_BENCH`) overrides it."""
+    if size not in TINY_WORLD_SIZES:
+        raise ValueError(f"tiny world size {size!r} is not one of {TINY_WORLD_SIZES}")
+    variable = "DUDI_TINY_WORLD" if size == "demo" else "DUDI_TINY_WORLD_BENCH"
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
     root = os.environ.get("DUDI_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dudi")
-    return Path(root) / f"tiny-world-seed{seed}"
+    return Path(root) / (f"tiny-world-seed{seed}" if size == "demo" else f"tiny-world-bench-seed{seed}")
 
 
 def qwen_shape_dir() -> Path:
@@ -350,7 +377,7 @@ def read_config_file(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str,
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML (and its `base`), merge overlay YAML files, apply `key.sub=value` overrides, fill in the method's preset under both,
-    expand `{tiny_world}` and `{qwen_shape}`, validate."""
+    expand `{tiny_world}`, `{tiny_world_bench}` and `{qwen_shape}`, validate."""
     raw: dict[str, Any] = read_config_file(path) if path is not None else {}
     # Overlay files (a resource plan, say) merge in the order given, before the dotted overrides.
     overrides = list(overrides or [])
@@ -361,7 +388,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = apply_preset(raw)
     except ValueError as error:
         raise ConfigError(f"  method: {error}") from None
-    raw = _expand_placeholders(raw, {"tiny_world": str(tiny_world_dir()), "qwen_shape": str(qwen_shape_dir())})
+    places = {
+        "tiny_world": str(tiny_world_dir()),
+        "tiny_world_bench": str(tiny_world_dir(size="bench")),
+        "qwen_shape": str(qwen_shape_dir()),
+    }
+    raw = _expand_placeholders(raw, places)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:

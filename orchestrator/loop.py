@@ -37,7 +37,7 @@ from orchestrator.startup import (
     init_ray,
     load_tokenizer,
 )
-from orchestrator.teacher_client import TeacherClient, TeacherFailure
+from orchestrator.teacher_client import RoutedScores, TeacherClient, TeacherFailure
 from orchestrator.tokens import encode_prompt
 from orchestrator.verbalizer import Verbalizer, VerbalizerTemplates
 from orchestrator.weight_sync import PolicySync
@@ -60,6 +60,8 @@ class RunResult:
     nodes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # stage → role → Ray node ids
     weight_sync: dict[str, dict] = field(default_factory=dict)  # stage → transport, pushes, verified pushes
     checkpoint_seconds: dict[str, float] = field(default_factory=dict)  # checkpoint → seconds to write it
+    # stage → [{"step": n, lang: exact match, ..., "avg": …}] from eval.every_steps, ending with the stage's final eval
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +115,8 @@ class Trainer:
         check_model(cfg.models.student, "models.student")
         if self.uses_teacher_model:
             check_model(cfg.models.teacher, "models.teacher")
+        if self.routes_to_other_teacher:
+            check_model(cfg.routing.other_teacher, "routing.other_teacher")
         self.resume_from: tuple[Path, checkpoints.RunState] | None = None
         if resume:
             self.resume_from = checkpoints.latest(self.run_dir)
@@ -151,6 +155,8 @@ class Trainer:
         self.learner: LearnerGroup | None = None
         self.policy_sync: PolicySync | None = None
         self.teacher: TeacherClient | None = None
+        self.other_teacher: TeacherClient | None = None  # routing.below_margin=other_teacher
+        self.other_teacher_languages: set[str] = set()
         self.teacher_responses: dict[str, list[int]] = {}  # SeqKD: prompt → ŷ ~ π_T(·|x)
         self.version = 0  # the newest policy version pushed to the rollout workers
         self._stage_first_version = 0
@@ -167,6 +173,7 @@ class Trainer:
             self.result.checkpoints.update(state.finished)
             self.result.accuracy.update(state.result.get("accuracy", {}))
             self.result.stage_seconds.update(state.result.get("stage_seconds", {}))
+            self.result.curves.update(state.result.get("curves", {}))
 
     def _steps_kept_on_resume(self) -> dict[str, int]:
         """Per unfinished stage, the steps a resume keeps from the crashed run (the rest are trained again)."""
@@ -190,6 +197,11 @@ class Trainer:
         """Whether a separate teacher model (models.teacher) takes part: as the KD teacher, or in the eval table."""
         return (self.cfg.objective.uses_teacher and self.cfg.recipe.teacher == "model") or self.cfg.eval.compare_teacher
 
+    @property
+    def routes_to_other_teacher(self) -> bool:
+        routing = self.cfg.routing
+        return self.cfg.distill.enabled and routing.enabled and routing.below_margin == "other_teacher"
+
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Ray, the placement, and the rollout engines, which keep starting in the background: the first stage
@@ -197,6 +209,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.distill.enabled and self.uses_teacher_model:
             check_shared_vocabulary(cfg.models.student, cfg.models.teacher, cfg.models.end_of_turn)
+        if self.routes_to_other_teacher:
+            check_shared_vocabulary(cfg.models.student, cfg.routing.other_teacher, cfg.models.end_of_turn)
         init_ray(cfg.ray)
         self._mark("ray")
         self.placement = Placement(cfg)
@@ -264,6 +278,8 @@ class Trainer:
             label = "cold start (SFT)" if name == "cold_start" else f"{self.cfg.method} student"
             self.result.accuracy[label] = self._evaluate_rollout()
             self._say(f"[{name}] eval avg exact match: {self.result.accuracy[label]['avg']:.1f}%")
+            if name in self.result.curves:
+                self.result.curves[name].append({"step": self._stage_steps_done, **self.result.accuracy[label]})
         self.finished[name] = checkpoint
         self._write_checkpoint(name, self._stage_steps_done, stage_done=True)  # its eval included
         return checkpoint
@@ -376,6 +392,8 @@ class Trainer:
                     metrics = self.learn(prepared, max_staleness)  # learner
                     if objective.needs_rollouts:
                         metrics["time/sync_s"] = self._push_policy()  # learner → rollout workers
+                if self._eval_due(name, step, num_steps):
+                    metrics.update(self._evaluate_during(name, step))
                 metrics["time/wait_s"] = wait_s
                 learner_time = wait_s + metrics["time/train_s"] + metrics.get("time/sync_s", 0.0)
                 metrics["time/learner_wait_fraction"] = wait_s / learner_time if learner_time > 0 else 0.0
@@ -447,7 +465,7 @@ class Trainer:
                 if student_writes
                 else steps.teacher_written_sequences(prompts, [self.teacher_responses[r.prompt] for r in rows])
             )
-        scores = self._rank_and_score(kd, lap)
+        scores = self._rank_and_score(kd, lap, [r.lang for r in rows])
         batch = steps.assemble_batch(prompts, rejected, kd, scores)
         if self.kd_weight_by_language is not None and objective.uses_teacher:
             batch.kd_weights = [self.kd_weight_by_language.get(r.lang, 1.0) for r in rows]
@@ -458,23 +476,31 @@ class Trainer:
             timings["rollout/restarts"] = float(self.rollout.restarts)  # so far in the run
         return PreparedBatch(batch, row_ids, {**rollout_stats, **timings})
 
-    def _rank_and_score(self, kd: steps.KdSets, lap) -> dict:
-        """The teacher's scores of each KD set, by name.
+    def _rank_and_score(self, kd: steps.KdSets, lap, languages: list[str]) -> dict:
+        """The teacher's scores of each KD set, by name (one sequence per row, rows in `languages`' order).
 
         Scoring overlaps ranking: sets that already carry the student's top ids go to the teacher first, while
-        the rollout engine ranks the others (sequences the student did not sample) with a prefill.
+        the rollout engine ranks the others (sequences the student did not sample) with a prefill. Rows of
+        languages routed to the other teacher are scored by it.
         """
         if not kd.items():
             return {}
         top_k = self.teacher.student_top_k
+        routed = [lang in self.other_teacher_languages for lang in languages]
+
+        def score(sequences: steps.KdSequences):
+            if self.other_teacher is None or not any(routed):
+                return self.teacher.score(sequences)
+            return RoutedScores(self.teacher, self.other_teacher, sequences, routed)
+
         unranked = {k: s for k, s in kd.items() if top_k > 0 and s.student_top_ids is None}
-        pending = {k: self.teacher.score(s) for k, s in kd.items() if k not in unranked}
+        pending = {k: score(s) for k, s in kd.items() if k not in unranked}
         if unranked:
             ranked = self.rollout.rank_ids([r for s in unranked.values() for r in s.rank_requests()], top_k)
             for s in unranked.values():
                 s.student_top_ids, ranked = ranked[: len(s.responses)], ranked[len(s.responses) :]
             lap("rank")
-            pending.update({k: self.teacher.score(s) for k, s in unranked.items()})
+            pending.update({k: score(s) for k, s in unranked.items()})
         scores = {k: p.result() for k, p in pending.items()}
         lap("score")
         return scores
@@ -524,11 +550,15 @@ class Trainer:
             self._routing_teacher = self.evaluate_model_on(self.cfg.models.teacher, self.routing_rows)
         student = evaluate(self.rollout, self.tokenizer, self.routing_rows, self.cfg.eval.max_new_tokens)
         self.kd_weight_by_language = routing.kd_weights(self._routing_teacher, student, self.cfg.routing)
-        self.routing_metrics = routing.routing_metrics(self.kd_weight_by_language, self._routing_teacher, student)
+        self.other_teacher_languages = routing.other_teacher_languages(self._routing_teacher, student, self.cfg.routing)
+        self.routing_metrics = routing.routing_metrics(
+            self.kd_weight_by_language, self._routing_teacher, student, self.other_teacher_languages
+        )
         self._say(
             f"[{stage}] routing (KD weight, teacher vs student exact match): "
             + ", ".join(
-                f"{lang} {w:g} ({self._routing_teacher[lang]:.0f} vs {student[lang]:.0f})"
+                f"{lang} {w:g}{' → other teacher' if lang in self.other_teacher_languages else ''} "
+                f"({self._routing_teacher[lang]:.0f} vs {student[lang]:.0f})"
                 for lang, w in self.kd_weight_by_language.items()
             )
         )
@@ -569,7 +599,11 @@ class Trainer:
             teacher_responses=self.teacher_responses,
             metrics_lines=checkpoints.count_lines(self.run_dir / "metrics.jsonl"),
             ledger_lines=checkpoints.count_lines(self.run_dir / "ledger.jsonl"),
-            result={"accuracy": self.result.accuracy, "stage_seconds": self.result.stage_seconds},
+            result={
+                "accuracy": self.result.accuracy,
+                "stage_seconds": self.result.stage_seconds,
+                "curves": self.result.curves,
+            },
         )
 
         def payload(directory: Path) -> None:
@@ -616,11 +650,25 @@ class Trainer:
         self.teacher = TeacherClient(
             self.cfg.teacher, self.cfg.scoring, model_path, objective.kd_temperature, self.placement.pinned_options()
         )
+        if self.routes_to_other_teacher and kind == "model":
+            other = self.cfg.routing.other_teacher
+            self._say(f"deploying the other teacher for routed languages on {other}")
+            # Its own Serve app and HTTP route beside the first; the request policy is the run's.
+            app = self.cfg.teacher.model_copy(
+                update={
+                    "app_name": f"{self.cfg.teacher.app_name}-other",
+                    "route_prefix": f"{self.cfg.teacher.route_prefix}-other",
+                }
+            )
+            self.other_teacher = TeacherClient(
+                app, self.cfg.scoring, other, objective.kd_temperature, self.placement.pinned_options()
+            )
 
     def _stop_teacher(self) -> None:
-        if self.teacher is not None:
-            self.teacher.shutdown()
-        self.teacher = None
+        for client in (self.teacher, self.other_teacher):
+            if client is not None:
+                client.shutdown()
+        self.teacher = self.other_teacher = None
 
     def _generate_teacher_responses(self) -> None:
         """SeqKD: one ŷ ~ π_T(·|x) per training prompt, sampled once by a vLLM engine on the teacher."""
@@ -650,6 +698,22 @@ class Trainer:
         templates = VerbalizerTemplates.load(v.templates_path)
         return Verbalizer(v.mode, self.languages, v.include_english_target, templates, seed=self.cfg.seed)
 
+    def _eval_due(self, stage: str, step: int, num_steps: int) -> bool:
+        every = self.cfg.eval.every_steps
+        return self.rollout is not None and every > 0 and step % every == 0 and step < num_steps
+
+    def _evaluate_during(self, stage: str, step: int) -> dict[str, float]:
+        """The student as of this step, on the rollout workers (methods that never sample push for it)."""
+        with self._learner_busy:
+            if self.version != self.learner_steps:
+                self._push_policy()
+        scores = self._evaluate_rollout()
+        curve = self.result.curves.setdefault(stage, [])
+        curve[:] = [point for point in curve if point["step"] < step]  # a resumed run measures these again
+        curve.append({"step": step, **scores})
+        self._say(f"[{stage}] step {step}: eval avg exact match {scores['avg']:.1f}%")
+        return {f"eval/{key}": value for key, value in scores.items()}
+
     def _evaluate_rollout(self) -> dict[str, float]:
         return evaluate(self.rollout, self.tokenizer, self.eval_rows, self.cfg.eval.max_new_tokens)
 
@@ -673,6 +737,7 @@ class Trainer:
             "startup": self.result.startup,
             "weight_sync": self.result.weight_sync,
             "checkpoint_seconds": self.result.checkpoint_seconds,
+            "curves": self.result.curves,
             "nodes": self.result.nodes,
         }
         (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2))

@@ -31,21 +31,38 @@ def hold_out(rows: list, per_language: int, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def kd_weights(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> dict[str, float]:
-    """Per language: 1 where the teacher leads the student by at least `min_margin` exact-match points, else 0
-    (`below_margin=off`) or `down_weight`."""
-    low = 0.0 if cfg.below_margin == "off" else cfg.down_weight
+def _trailing(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> dict[str, bool]:
+    """Per language: whether the teacher fails to lead the student by `min_margin` exact-match points."""
     return {
-        lang: 1.0 if teacher[lang] - student[lang] >= cfg.min_margin else low
+        lang: teacher[lang] - student[lang] < cfg.min_margin
         for lang in sorted(teacher)
         if lang != "avg" and lang in student
     }
 
 
-def routing_metrics(weights: dict[str, float], teacher: dict[str, float], student: dict[str, float]) -> dict:
-    """What is logged each step: per language, the KD weight and the two scores it came from."""
+def kd_weights(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> dict[str, float]:
+    """Per language: 1 where the teacher leads the student by at least `min_margin` exact-match points, else 0
+    (`below_margin=off`) or `down_weight`; with `other_teacher` the weight stays 1 (another teacher scores them)."""
+    low = {"off": 0.0, "down_weight": cfg.down_weight, "other_teacher": 1.0}[cfg.below_margin]
+    return {lang: low if trails else 1.0 for lang, trails in _trailing(teacher, student, cfg).items()}
+
+
+def other_teacher_languages(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> set[str]:
+    """The languages whose KD sequences `routing.other_teacher` scores (empty unless below_margin=other_teacher)."""
+    if cfg.below_margin != "other_teacher":
+        return set()
+    return {lang for lang, trails in _trailing(teacher, student, cfg).items() if trails}
+
+
+def routing_metrics(
+    weights: dict[str, float], teacher: dict[str, float], student: dict[str, float], to_other: set[str] = frozenset()
+) -> dict:
+    """What is logged each step: per language, the KD weight, the two scores it came from, and (routing to
+    another teacher) whether that teacher scores the language."""
     metrics = {}
     for lang, weight in weights.items():
+        if to_other:
+            metrics[f"routing/other_teacher_{lang}"] = float(lang in to_other)
         metrics[f"routing/kd_weight_{lang}"] = weight
         metrics[f"routing/teacher_em_{lang}"] = teacher[lang]
         metrics[f"routing/student_em_{lang}"] = student[lang]

@@ -77,6 +77,35 @@ class TeacherClient:
         self.weights = None
 
 
+class RoutedScores:
+    """One KD set scored by two teachers: the rows where `routed` is true by `other`, the rest by `first`; the
+    scores come back in the set's row order."""
+
+    def __init__(self, first: TeacherClient, other: TeacherClient, sequences: steps.KdSequences, routed: list[bool]):
+        self.routed = routed
+        self.parts = []
+        for client, flag in ((first, False), (other, True)):
+            rows = [i for i, r in enumerate(routed) if r == flag]
+            self.parts.append(client.score(_rows(sequences, rows)) if rows else None)
+
+    def result(self) -> list[TeacherScores]:
+        first, other = (iter(part.result() if part is not None else []) for part in self.parts)
+        return [next(other) if routed else next(first) for routed in self.routed]
+
+
+def _rows(sequences: steps.KdSequences, keep: list[int]) -> steps.KdSequences:
+    def pick(values):
+        return None if values is None else [values[i] for i in keep]
+
+    return steps.KdSequences(
+        pick(sequences.student_prompts),
+        pick(sequences.teacher_prompts),
+        pick(sequences.responses),
+        pick(sequences.student_top_ids),
+        pick(sequences.policy_versions),
+    )
+
+
 class TeacherFailure(RuntimeError):
     pass
 

@@ -96,7 +96,9 @@ def run(tiny_world, ray_session, serve_port, tmp_path_factory):
     """One DuDi run (cold start, then distillation) whose trainer and rollout engines later tests reuse."""
     from orchestrator.loop import COLD_START_OBJECTIVE, Trainer
 
-    cfg = e2e_config(tiny_world, tmp_path_factory.mktemp("runs"), serve_port)
+    # Evaluated after every step but the last (eval curves), in the cold start too, where nothing samples.
+    evals = {"at_end_of_stages": False, "max_new_tokens": 12, "every_steps": 1}
+    cfg = e2e_config(tiny_world, tmp_path_factory.mktemp("runs"), serve_port, eval=evals)
     trainer = Trainer(cfg, progress=False)
     trainer.start()
     cold_start = trainer.run_stage("cold_start", cfg.cold_start, COLD_START_OBJECTIVE, cfg.models.student)

@@ -19,24 +19,70 @@ def compare():
     return module
 
 
-def seed_file(out: Path, seed: int, scores: dict[str, float]) -> None:
-    rows = [
-        {"name": name, "accuracy": {"en": v, "th": v + 2, "avg": v + 1}, "seconds": 10} for name, v in scores.items()
-    ]
-    result = {"seed": seed, "rows": rows, "languages": ["en", "th"], "eval_rows": 4, "steps": 3, "batch_size": 2}
-    (out / f"compare_methods_seed{seed}.json").write_text(json.dumps({**result, "wall_s": 60}))
+LANGUAGES = ["en", "th", "my"]
 
 
-def test_report_averages_seeds_and_keeps_each_seed(compare, tmp_path):
-    names = ["teacher", "cold start (SFT)", *compare.METHOD_ORDER, "dudi, verbalizer none", "dudi, jsd"]
-    seed_file(tmp_path, 0, {n: 10.0 + i for i, n in enumerate(names)})
-    seed_file(tmp_path, 1, {n: 20.0 + i for i, n in enumerate(names)})
-    compare.write_report(tmp_path, "configs/demo.yaml")
+def write_seed(compare, compare_dir: Path, seed: int, scores: dict[str, float]) -> None:
+    """One seed's records as compare_methods writes them; each language scores `v`, Burmese `v − 10`."""
+    seed_dir = compare_dir / f"seed{seed}"
+    seed_dir.mkdir(parents=True)
+
+    def accuracy(v: float) -> dict[str, float]:
+        return {"en": v, "th": v, "my": v - 10, "avg": v - 10 / 3}
+
+    cold = {
+        "seed": seed,
+        "checkpoint": "/nowhere",
+        "teacher": accuracy(90.0),
+        "cold_start": accuracy(20.0),
+        "seconds": 30,
+        "languages": LANGUAGES,
+        "eval_rows": 600,
+        "cold_start_steps": 100,
+        "steps": 50,
+        "batch_size": 32,
+        "eval_every_steps": 25,
+        "config": "configs/bench.yaml",
+        "world": {"chance_exact_match_eval_set": 1.11, "teacher_problems_by_language": {"my": 75}},
+    }
+    (seed_dir / "_cold_start.json").write_text(json.dumps(cold))
+    for name, v in scores.items():
+        curve = [{"step": 25, **accuracy(v - 5)}, {"step": 50, **accuracy(v)}]
+        record = {"name": name, "seed": seed, "accuracy": accuracy(v), "curve": curve, "seconds": 60}
+        (seed_dir / f"{compare.slug(name)}.json").write_text(json.dumps(record))
+
+
+def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "ASO_ITERATIONS", 100)  # deepsig's variance bootstrap; 1000 costs seconds a call
+    # Five seeds: DuDi is SFT + 5 on every seed (a constant shift: significant), GKD equals DuDi (no difference),
+    # and the seed effect (±4) is larger than the DuDi-SFT gap, as in a real comparison.
+    for seed, offset in enumerate([-4, 2, 0, 4, -2]):
+        base = 40.0 + offset
+        write_seed(
+            compare,
+            tmp_path / "compare",
+            seed,
+            {"sft": base, "gkd": base + 5, "dudi": base + 5, "dudi + routing": base + 5, "dudi, jsd": base + 5},
+        )
+    compare.write_report(tmp_path, "--seeds 0 1 2 3 4")
     report = (tmp_path / "compare_methods.md").read_text()
-    dudi_index = names.index("dudi")
-    # dudi: seeds give avg 11+i and 21+i → mean 16+i; en 10+i and 20+i → 15+i.
-    row = next(line for line in report.splitlines() if line.startswith("| dudi |"))
-    assert f"**{16.0 + dudi_index:.1f}**" in row and f"{15.0 + dudi_index:.1f}" in row
-    assert f"{11.0 + dudi_index:.1f} / {21.0 + dudi_index:.1f}" in row
-    assert "verbalizer modes" in report and "divergences" in report and "Ordering in the paper" in report
-    assert (tmp_path / "compare_methods.png").stat().st_size > 1000
+    line = lambda start: next(row for row in report.splitlines() if row.startswith(start))  # noqa: E731
+    # Mean avg of DuDi: 45 − 10/3 = 41.7; the t interval over five seeds has half-width 2.776·sd/√5 = 3.9.
+    assert "**41.7** [37.7, 45.6]" in line("| dudi |")
+    assert line("| chance (best constant answer) |").endswith("| 1.1 | | | |")
+    assert "| teacher | 90.0 | 90.0 | 80.0 |" in report
+    dudi_vs_sft = line("| dudi | sft |")
+    assert "+5.0 | [+5.0, +5.0] | 0.000" in dudi_vs_sft and dudi_vs_sft.endswith("better (significant) |")
+    assert line("| dudi | gkd |").endswith("no significant difference |")
+    assert "Ordering here: dudi 41.7 > gkd 41.7 > sft 36.7" in report or "gkd 41.7 > dudi 41.7" in report
+    # The weak-teacher language: Burmese is 10 points under the others for every run.
+    assert "| teacher | **80.0** [80.0, 80.0] | 90.0 | 5 |" in report
+    assert "## DuDi ablation: divergence" in report and "| dudi, rkl | dudi, jsd |" in report
+    assert (tmp_path / "compare_methods.png").stat().st_size > 10_000
+
+
+def test_runs_are_named_by_file_safe_slugs(compare):
+    names = [name for group in compare.GROUPS.values() for name, _ in group]
+    slugs = [compare.slug(name) for name in names]
+    assert len(set(slugs)) == len(names) and all(s.replace("_", "").isalnum() for s in slugs)
+    assert compare.slug("dudi, λ=0.5") == "dudi_lambda_0_5"

@@ -74,6 +74,20 @@ def test_eval_reports_every_language(run):
     assert all(0.0 <= v <= 100.0 for v in scores.values())
 
 
+def test_eval_curves_are_measured_during_both_stages(run):
+    import json
+
+    curves = run.result.curves
+    assert [p["step"] for p in curves["cold_start"]] == list(range(1, COLD_START_STEPS))
+    assert [p["step"] for p in curves["distill"]] == list(range(1, DISTILL_STEPS))
+    assert all(set(p) == {"step", "avg"} | {r.lang for r in run.eval_rows} for c in curves.values() for p in c)
+    logged = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    with_eval = [(m["stage"], m["step"]) for m in logged if "eval/avg" in m]
+    assert with_eval == [("cold_start", s) for s in range(1, COLD_START_STEPS)] + [
+        ("distill", s) for s in range(1, DISTILL_STEPS)
+    ]
+
+
 def test_student_top_ids_and_logprobs_match_a_transformers_forward(run):
     """The ids the teacher is asked about: the policy's top-n at every sampled position (from sampling) and at every
     position of a given response (a prefill), best first, with the sampled token's log-prob."""

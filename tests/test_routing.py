@@ -56,17 +56,23 @@ def test_routing_needs_a_teacher_model_to_measure(tmp_path):
 
 
 @pytest.mark.e2e
-def test_languages_routed_off_contribute_no_kd_in_a_real_run(run, shared_rollout, tiny_world, serve_port, tmp_path):
+def test_languages_routed_to_another_teacher_are_scored_by_it_in_a_real_run(
+    run, shared_rollout, tiny_world, serve_port, tmp_path
+):
     """Through the whole stack: the teacher and the student are measured on held-out rows (the teacher on a vLLM
-    engine of its own), an unreachable margin routes every language off, and the learner's KD terms are then
-    exactly 0 while SPIN still trains; the weights and scores are logged per language."""
+    engine of its own), an unreachable margin routes every language to the other teacher, deployed as a second
+    Serve app. That teacher is the student's own starting point, so the first step's KD terms are 0 (the student
+    imitates itself), which the real teacher's scores could not give; the second step's are not (it has moved).
+    Routing off is the same rule with weight 0 (`kd_weights`, and the learner's per-row weights in test_objective)."""
     import json
 
     from conftest import e2e_config
 
     from orchestrator.loop import Trainer
 
-    models = {"student": run.result.checkpoints["cold_start"], "teacher": str(tiny_world / "teacher")}
+    start = run.result.checkpoints["cold_start"]
+    models = {"student": start, "teacher": str(tiny_world / "teacher")}
+    rule = {"rows_per_language": 1, "min_margin": 1000.0, "below_margin": "other_teacher", "other_teacher": start}
     cfg = e2e_config(
         tiny_world,
         tmp_path,
@@ -75,17 +81,28 @@ def test_languages_routed_off_contribute_no_kd_in_a_real_run(run, shared_rollout
         models=models,
         cold_start={"enabled": False},
         distill={"steps": 2, "batch_size": 8, "lr": 1e-2},
-        routing={"enabled": True, "rows_per_language": 1, "min_margin": 1000.0, "below_margin": "off"},
+        routing={"enabled": True, **rule},
     )
     trainer = Trainer(cfg, False, shared_rollout)
     held = {r.prompt for r in trainer.routing_rows}
     assert len(trainer.routing_rows) == len(trainer.languages)
     assert not held & {r.prompt for r in trainer.train_rows}
     trainer.run()
-    steps = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(steps) == 2
-    for step in steps:
-        assert step["loss/on_kd"] == 0.0 and step["loss/off_kd"] == 0.0 and step["loss/spin"] > 0
+    first, second = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert first["loss/off_kd"] == pytest.approx(0.0, abs=1e-4) and first["loss/on_kd"] == pytest.approx(0.0, abs=1e-4)
+    assert second["loss/off_kd"] > 1e-3 and first["loss/spin"] > 0
+    for step in (first, second):
         for lang in trainer.languages:
-            assert step[f"routing/kd_weight_{lang}"] == 0.0
+            assert step[f"routing/other_teacher_{lang}"] == 1.0 and step[f"routing/kd_weight_{lang}"] == 1.0
             assert 0.0 <= step[f"routing/teacher_em_{lang}"] <= 100.0
+
+
+def test_routing_to_another_teacher_needs_its_path():
+    with pytest.raises(ValueError, match="needs routing.other_teacher"):
+        RoutingConfig(enabled=True, below_margin="other_teacher")
+    to_other = RoutingConfig(enabled=True, min_margin=5.0, below_margin="other_teacher", other_teacher="/m")
+    assert routing.other_teacher_languages(TEACHER, STUDENT, to_other) == {"my"}
+    assert routing.kd_weights(TEACHER, STUDENT, to_other) == {"en": 1.0, "my": 1.0, "th": 1.0}
+    assert routing.other_teacher_languages(TEACHER, STUDENT, RoutingConfig(enabled=True, min_margin=5.0)) == set()
+    logged = routing.routing_metrics({"my": 1.0}, TEACHER, STUDENT, {"my"})
+    assert logged["routing/other_teacher_my"] == 1.0

@@ -13,25 +13,49 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.tiny_world.task import LANGUAGES, Problem, load_templates, make_rows, render_response, split_problems
+from orchestrator.tiny_world.task import (
+    LANGUAGES,
+    Problem,
+    chance_exact_match,
+    load_templates,
+    make_rows,
+    render_response,
+    split_problems,
+)
 from orchestrator.verbalizer import VerbalizerTemplates, render
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
 class TinyWorldSpec:
+    """The demo's world by default; `spec_for("bench")` is the comparison's."""
+
     seed: int = 0
-    train_per_language: int = 300
+    train_per_language: int = 600
     eval_per_language: int = 40
     vocab_size: int = 2048
-    teacher_steps: int = 900
-    teacher_batch_size: int = 16
-    teacher_lr: float = 3e-3
+    teacher_steps: int = 1200
+    teacher_batch_size: int = 32
+    teacher_lr: float = 2e-3
     teacher_hidden: int = 192
     teacher_layers: int = 4
     student_hidden: int = 128
     student_layers: int = 2
+    # The paper's teacher is weak in Burmese (little pretraining text); here by construction: it sees only this
+    # share of that language's training problems, in every kind of prompt. The student's SFT data is complete.
+    weak_language: str | None = "my"
+    weak_language_teacher_share: float = 0.05
+
+
+def spec_for(size: str, seed: int = 0) -> TinyWorldSpec:
+    """demo: built in minutes on two cores for `make demo`. bench: 200 eval rows per language (±7 points per
+    language at 50%), more training problems and a teacher trained 2.5× longer; built once (about 20 minutes)."""
+    if size == "demo":
+        return TinyWorldSpec(seed=seed)
+    if size == "bench":
+        return TinyWorldSpec(seed=seed, train_per_language=1500, eval_per_language=200, teacher_steps=3000)
+    raise ValueError(f"tiny world size {size!r} is not demo or bench")
 
 
 def qwen2_config(vocab_size: int, hidden: int, layers: int, tokenizer):
@@ -70,6 +94,15 @@ def teacher_examples(
     return pairs
 
 
+def teacher_problems(problems: list[tuple[Problem, str]], spec: TinyWorldSpec) -> list[tuple[Problem, str]]:
+    """The training problems the teacher learns from: all but most of the weak language's."""
+    if spec.weak_language is None:
+        return problems
+    weak = [pair for pair in problems if pair[1] == spec.weak_language]
+    kept = set(weak[: round(len(weak) * spec.weak_language_teacher_share)])
+    return [pair for pair in problems if pair[1] != spec.weak_language or pair in kept]
+
+
 def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -93,8 +126,10 @@ def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     progress(f"[tiny-world] data: {len(train_rows)} train / {len(eval_rows)} eval rows in {len(LANGUAGES)} languages")
 
-    pairs = teacher_examples(train_problems, rng, templates, verbalizer)
-    tokenizer = train_tokenizer((text for pair in pairs for text in pair), spec.vocab_size)
+    pairs = teacher_examples(teacher_problems(train_problems, spec), rng, templates, verbalizer)
+    # The vocabulary covers every language fully, whatever the teacher was shown.
+    every_pair = teacher_examples(train_problems, random.Random(spec.seed), templates, verbalizer)
+    tokenizer = train_tokenizer((text for pair in every_pair for text in pair), spec.vocab_size)
     vocab_size = len(tokenizer)
     progress(f"[tiny-world] tokenizer: byte-level BPE, {vocab_size} tokens")
 
@@ -116,6 +151,13 @@ def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "teacher_final_loss": final_loss,
+        "teacher_problems_by_language": {
+            lang: sum(1 for _, pair_lang in teacher_problems(train_problems, spec) if pair_lang == lang)
+            for lang in LANGUAGES
+        },
+        # In %: the best constant answer, over the task's distribution and over this eval set.
+        "chance_exact_match": round(100 * chance_exact_match(), 2),
+        "chance_exact_match_eval_set": round(100 * chance_exact_match([row["answer"] for row in eval_rows]), 2),
         "build_seconds": round(time.perf_counter() - started, 1),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,92 @@
+"""The tiny world's task and build: answers verifiable and spread wide (chance computed, not assumed), the
+weak-teacher language withheld from the teacher by construction, and the same seed giving the same files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from orchestrator.data import final_answer
+from orchestrator.tiny_world.build import TinyWorldSpec, build, spec_for, teacher_problems
+from orchestrator.tiny_world.task import (
+    LANGUAGES,
+    PROBLEM_SHAPES,
+    Problem,
+    answer_distribution,
+    chance_exact_match,
+    load_templates,
+    make_rows,
+    split_problems,
+)
+
+
+def test_every_problem_stays_in_its_ten_and_every_answer_is_equally_likely():
+    for op, a, b in PROBLEM_SHAPES:
+        answer = Problem(op, a, b, 0, 0, 0).answer
+        assert answer // 10 == a // 10 and 10 <= answer <= 99, (op, a, b)
+    distribution = answer_distribution()
+    assert sorted(distribution) == list(range(10, 100))
+    assert abs(sum(distribution.values()) - 1) < 1e-9
+    # Counted by hand: each answer c = 10t + u comes from u additions (a's units 0..u−1) and 9 − u subtractions.
+    assert chance_exact_match() == max(distribution.values()) == 1 / 90 < 0.02
+
+
+def test_chance_on_answers_is_the_most_frequent_answers_share():
+    assert chance_exact_match(["12", "12", "40", "77"]) == 0.5
+    assert chance_exact_match([str(n) for n in range(10, 100)]) == 1 / 90
+
+
+def test_eval_answers_are_balanced_and_the_splits_disjoint():
+    for size in ("demo", "bench"):
+        spec = spec_for(size)
+        train, evaluation = split_problems(spec.seed, spec.train_per_language, spec.eval_per_language)
+        assert len(evaluation) == spec.eval_per_language * len(LANGUAGES)
+        assert Counter(lang for _, lang in evaluation) == dict.fromkeys(LANGUAGES, spec.eval_per_language)
+        counts = Counter(problem.answer for problem, _ in evaluation)
+        assert max(counts.values()) - min(counts.values()) <= 1  # round-robin over the 90 answers
+        assert chance_exact_match([str(p.answer) for p, _ in evaluation]) < 0.02
+        assert not set(train) & set(evaluation)
+    assert spec_for("bench").eval_per_language >= 200
+
+
+def test_rows_state_the_numbers_and_answer_in_every_language():
+    templates = load_templates()
+    problem = Problem("sub", 47, 5, 0, 0, 0)
+    for lang in LANGUAGES:
+        [row] = make_rows([(problem, lang)], templates)
+        assert "47" in row["prompt"] and "5" in row["prompt"], lang
+        assert row["response"].startswith("47 - 5 = 42.") and final_answer(row["response"]) == "42" == row["answer"]
+
+
+def test_the_teacher_sees_only_a_share_of_the_weak_language():
+    spec = TinyWorldSpec(train_per_language=100, weak_language="my", weak_language_teacher_share=0.05)
+    train, _ = split_problems(0, spec.train_per_language, 2)
+    seen = Counter(lang for _, lang in teacher_problems(train, spec))
+    assert seen["my"] == 5 and all(seen[lang] == 100 for lang in LANGUAGES if lang != "my")
+    everything = TinyWorldSpec(weak_language=None)
+    assert teacher_problems(train, everything) == train
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != "manifest.json"
+    }
+
+
+def test_the_same_seed_builds_the_same_files(tmp_path):
+    spec = TinyWorldSpec(train_per_language=12, eval_per_language=3, teacher_steps=2)
+    first = build(tmp_path / "a", spec, progress=lambda *_: None)
+    second = build(tmp_path / "b", spec, progress=lambda *_: None)
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+    assert {k: v for k, v in first.items() if k != "build_seconds"} == {
+        k: v for k, v in second.items() if k != "build_seconds"
+    }
+    assert first["chance_exact_match"] == 1.11 and first["teacher_problems_by_language"]["my"] == 1
+    other = build(tmp_path / "c", TinyWorldSpec(**{**spec.__dict__, "seed": 1}), progress=lambda *_: None)
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["spec"]["seed"] == 1
+    assert _digests(tmp_path / "c")["data/train.jsonl"] != _digests(tmp_path / "a")["data/train.jsonl"]
+    assert other["vocab_size"] > 0
