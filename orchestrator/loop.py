@@ -267,6 +267,8 @@ class Trainer:
     # --- stages ----------------------------------------------------------------------------------------------
     def run_stage(self, name: str, stage: StageConfig, objective: ObjectiveConfig, init_path: str) -> str:
         started = time.perf_counter()
+        if name == "distill" and self.cfg.routing.enabled:
+            self._measure_routing_teacher()  # its engine is gone before the stage's learner and teachers claim CPUs
         verbalizer = self.begin_stage(name, objective, init_path, stage.lr)
         first_step = self._restore(name, objective) + 1
         if name == "distill" and self.cfg.routing.enabled:
@@ -545,9 +547,7 @@ class Trainer:
     def _route(self, stage: str) -> None:
         """Measures the teacher (once) and the student on the held-out rows per language, and sets each language's
         KD weight by `routing`'s rule."""
-        if self._routing_teacher is None:
-            self._say(f"[routing] measuring the teacher on {len(self.routing_rows)} held-out rows")
-            self._routing_teacher = self.evaluate_model_on(self.cfg.models.teacher, self.routing_rows)
+        self._measure_routing_teacher()
         student = evaluate(self.rollout, self.tokenizer, self.routing_rows, self.cfg.eval.max_new_tokens)
         self.kd_weight_by_language = routing.kd_weights(self._routing_teacher, student, self.cfg.routing)
         self.other_teacher_languages = routing.other_teacher_languages(self._routing_teacher, student, self.cfg.routing)
@@ -562,6 +562,12 @@ class Trainer:
                 for lang, w in self.kd_weight_by_language.items()
             )
         )
+
+    def _measure_routing_teacher(self) -> None:
+        """The teacher's exact match on the held-out rows, once per run, on a vLLM engine of its own."""
+        if self._routing_teacher is None:
+            self._say(f"[routing] measuring the teacher on {len(self.routing_rows)} held-out rows")
+            self._routing_teacher = self.evaluate_model_on(self.cfg.models.teacher, self.routing_rows)
 
     def _restore_workers(self, lost: list[int]) -> None:
         """Restarted rollout workers take the newest pushed weights (between two learner steps)."""
