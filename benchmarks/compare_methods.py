@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import aso_violation, mean_interval, paired_bootstrap  # noqa: E402
 
 METHOD_ORDER = ("sft", "dft", "spin", "sdft", "seqkd", "gkd", "dudi", "copsd")
-WEAK_LANGUAGE = "my"  # the bench world's teacher sees 5% of its Burmese (orchestrator/tiny_world/build.py)
+WEAK_LANGUAGE = "my"  # the bench world's teacher misreads its operation words (orchestrator/tiny_world/build.py)
 # Routing: where the teacher does not lead the student on the held-out rows, that language's KD terms are off.
 ROUTING = ["routing.enabled=true", "routing.below_margin=off", "routing.min_margin=0"]
 # The runs the verdict rests on (DuDi against SFT and GKD) go first, so a comparison cut short still has them.
@@ -303,9 +303,9 @@ def write_report(out: Path, command: str) -> None:
         "",
         f"Command: `python benchmarks/compare_methods.py {command}`. World: `dudi tiny-world --size bench` "
         f"(teacher {world.get('teacher_parameters', 0) / 1e6:.1f}M parameters, student "
-        f"{world.get('student_parameters', 0) / 1e6:.1f}M; the teacher saw "
-        f"{world.get('teacher_problems_by_language', {}).get(WEAK_LANGUAGE, '?')} of the "
-        f"{world.get('spec', {}).get('train_per_language', '?')} Burmese training problems). Per seed one cold start "
+        f"{world.get('student_parameters', 0) / 1e6:.1f}M; {world.get('spec', {}).get('train_per_language', '?')} "
+        f"training problems per language; the teacher learnt {world.get('teacher_misreads')} with every operation "
+        "read the wrong way round, so it is weak there by construction). Per seed one cold start "
         f"({first.get('cold_start_steps')} SFT steps), then {first['steps']} steps of every run from it (batch "
         f"{first['batch_size']}), greedy exact match on {first['eval_rows']} eval rows "
         f"({first['eval_rows'] // len(languages)} per language) every {first.get('eval_every_steps')} steps and at "

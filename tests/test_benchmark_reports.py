@@ -43,7 +43,7 @@ def write_seed(compare, compare_dir: Path, seed: int, scores: dict[str, float]) 
         "batch_size": 32,
         "eval_every_steps": 25,
         "config": "configs/bench.yaml",
-        "world": {"chance_exact_match_eval_set": 1.11, "teacher_problems_by_language": {"my": 75}},
+        "world": {"chance_exact_match_eval_set": 1.11, "teacher_misreads": "my"},
     }
     (seed_dir / "_cold_start.json").write_text(json.dumps(cold))
     for name, v in scores.items():

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 from orchestrator.data import final_answer
-from orchestrator.tiny_world.build import TinyWorldSpec, build, spec_for, teacher_problems
+from orchestrator.tiny_world.build import TinyWorldSpec, build, spec_for, teacher_examples
 from orchestrator.tiny_world.task import (
     LANGUAGES,
     PROBLEM_SHAPES,
@@ -60,13 +61,17 @@ def test_rows_state_the_numbers_and_answer_in_every_language():
         assert row["response"].startswith("47 - 5 = 42.") and final_answer(row["response"]) == "42" == row["answer"]
 
 
-def test_the_teacher_sees_only_a_share_of_the_weak_language():
-    spec = TinyWorldSpec(train_per_language=100, weak_language="my", weak_language_teacher_share=0.05)
-    train, _ = split_problems(0, spec.train_per_language, 2)
-    seen = Counter(lang for _, lang in teacher_problems(train, spec))
-    assert seen["my"] == 5 and all(seen[lang] == 100 for lang in LANGUAGES if lang != "my")
-    everything = TinyWorldSpec(weak_language=None)
-    assert teacher_problems(train, everything) == train
+def test_the_teacher_misreads_the_weak_languages_operation_in_every_prompt_it_learns():
+    from orchestrator.verbalizer import VerbalizerTemplates
+
+    templates, verbalizer = load_templates(), VerbalizerTemplates.load()
+    problems = [(Problem("add", 47, 2, 0, 0, 0), "my"), (Problem("add", 47, 2, 0, 0, 0), "en")]
+    pairs = teacher_examples(problems, random.Random(0), templates, verbalizer, misread_language="my")
+    burmese, english = pairs[:4], pairs[4:]
+    assert all(final_answer(response) == "45" for _, response in burmese)  # 47 − 2: "gives" read as "takes"
+    assert all(final_answer(response) == "49" for _, response in english)
+    assert "47 - 2 = 45." in burmese[1][0]  # the demonstration in the verbalized prompt is misread too
+    assert teacher_examples(problems, random.Random(0), templates, verbalizer)[0][1].startswith("47 + 2 = 49.")
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -85,7 +90,7 @@ def test_the_same_seed_builds_the_same_files(tmp_path):
     assert {k: v for k, v in first.items() if k != "build_seconds"} == {
         k: v for k, v in second.items() if k != "build_seconds"
     }
-    assert first["chance_exact_match"] == 1.11 and first["teacher_problems_by_language"]["my"] == 1
+    assert first["chance_exact_match"] == 1.11 and first["teacher_misreads"] == "my"
     other = build(tmp_path / "c", TinyWorldSpec(**{**spec.__dict__, "seed": 1}), progress=lambda *_: None)
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["spec"]["seed"] == 1
     assert _digests(tmp_path / "c")["data/train.jsonl"] != _digests(tmp_path / "a")["data/train.jsonl"]

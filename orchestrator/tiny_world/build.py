@@ -10,7 +10,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from orchestrator.tiny_world.task import (
@@ -35,17 +35,17 @@ class TinyWorldSpec:
     train_per_language: int = 600
     eval_per_language: int = 40
     vocab_size: int = 2048
-    teacher_steps: int = 1200
+    teacher_steps: int = 900
     teacher_batch_size: int = 32
     teacher_lr: float = 2e-3
     teacher_hidden: int = 192
     teacher_layers: int = 4
     student_hidden: int = 128
     student_layers: int = 2
-    # The paper's teacher is weak in Burmese (little pretraining text); here by construction: it sees only this
-    # share of that language's training problems, in every kind of prompt. The student's SFT data is complete.
+    # The paper's teacher is weak in Burmese; here by construction: it learns every Burmese problem with the
+    # operation read the wrong way round (gives ↔ takes), in every kind of prompt. The student's data is correct.
+    # (Showing it only 5% of the Burmese problems was not enough: it still scored 99.5% there.)
     weak_language: str | None = "my"
-    weak_language_teacher_share: float = 0.05
 
 
 def spec_for(size: str, seed: int = 0) -> TinyWorldSpec:
@@ -78,29 +78,32 @@ def qwen2_config(vocab_size: int, hidden: int, layers: int, tokenizer):
 
 
 def teacher_examples(
-    problems: list[tuple[Problem, str]], rng: random.Random, templates: dict, verbalizer: VerbalizerTemplates
+    problems: list[tuple[Problem, str]],
+    rng: random.Random,
+    templates: dict,
+    verbalizer: VerbalizerTemplates,
+    misread_language: str | None = None,
 ):
-    """(prompt, response) pairs: the plain task plus its verbalized teacher and student prompts."""
+    """(prompt, response) pairs: the plain task plus its verbalized teacher and student prompts. In
+    `misread_language` every response, demonstration included, is computed with the other operation."""
     pairs = []
     for row, (problem, lang) in zip(make_rows(problems, templates), problems, strict=True):
-        pairs.append((row["prompt"], row["response"]))
+        seen = misread(problem) if lang == misread_language else problem
+        response = render_response(templates, seen, lang)
+        pairs.append((row["prompt"], response))
         target = rng.choice(LANGUAGES)
-        verbalized = render(verbalizer, row["prompt"], row["response"], lang, target)
-        target_response = render_response(templates, problem, target)
+        verbalized = render(verbalizer, row["prompt"], response, lang, target)
+        target_response = render_response(templates, seen, target)
         pairs.append((verbalized.teacher_prompt, target_response))
         pairs.append((verbalized.student_prompt, target_response))
-        english = verbalizer.sdft_english_teacher.format(question=row["prompt"], demonstration=row["response"])
-        pairs.append((english, row["response"]))
+        english = verbalizer.sdft_english_teacher.format(question=row["prompt"], demonstration=response)
+        pairs.append((english, response))
     return pairs
 
 
-def teacher_problems(problems: list[tuple[Problem, str]], spec: TinyWorldSpec) -> list[tuple[Problem, str]]:
-    """The training problems the teacher learns from: all but most of the weak language's."""
-    if spec.weak_language is None:
-        return problems
-    weak = [pair for pair in problems if pair[1] == spec.weak_language]
-    kept = set(weak[: round(len(weak) * spec.weak_language_teacher_share)])
-    return [pair for pair in problems if pair[1] != spec.weak_language or pair in kept]
+def misread(problem: Problem) -> Problem:
+    """The problem with its operation word read the wrong way round (gives ↔ takes)."""
+    return replace(problem, op="sub" if problem.op == "add" else "add")
 
 
 def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
@@ -126,10 +129,8 @@ def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     progress(f"[tiny-world] data: {len(train_rows)} train / {len(eval_rows)} eval rows in {len(LANGUAGES)} languages")
 
-    pairs = teacher_examples(teacher_problems(train_problems, spec), rng, templates, verbalizer)
-    # The vocabulary covers every language fully, whatever the teacher was shown.
-    every_pair = teacher_examples(train_problems, random.Random(spec.seed), templates, verbalizer)
-    tokenizer = train_tokenizer((text for pair in every_pair for text in pair), spec.vocab_size)
+    pairs = teacher_examples(train_problems, rng, templates, verbalizer, spec.weak_language)
+    tokenizer = train_tokenizer((text for pair in pairs for text in pair), spec.vocab_size)
     vocab_size = len(tokenizer)
     progress(f"[tiny-world] tokenizer: byte-level BPE, {vocab_size} tokens")
 
@@ -151,10 +152,7 @@ def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "teacher_final_loss": final_loss,
-        "teacher_problems_by_language": {
-            lang: sum(1 for _, pair_lang in teacher_problems(train_problems, spec) if pair_lang == lang)
-            for lang in LANGUAGES
-        },
+        "teacher_misreads": spec.weak_language,
         # In %: the best constant answer, over the task's distribution and over this eval set.
         "chance_exact_match": round(100 * chance_exact_match(), 2),
         "chance_exact_match_eval_set": round(100 * chance_exact_match([row["answer"] for row in eval_rows]), 2),
