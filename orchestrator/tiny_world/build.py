@@ -35,13 +35,15 @@ class TinyWorldSpec:
     train_per_language: int = 600
     eval_per_language: int = 40
     vocab_size: int = 2048
-    teacher_steps: int = 900
+    teacher_steps: int = 1500
     teacher_batch_size: int = 32
     teacher_lr: float = 2e-3
     teacher_hidden: int = 192
     teacher_layers: int = 4
     student_hidden: int = 128
-    student_layers: int = 2
+    # Two layers stalled at 25-28% exact match under SFT on this task (the bench cold start's curve: 24.9% at
+    # 300 steps, 22-28% up to 700); four learnt it (61.5% after 600 steps of 32 at lr 3e-3, cosine).
+    student_layers: int = 4
     # The paper's teacher is weak in Burmese; here by construction: it learns every Burmese problem with the
     # operation read the wrong way round (gives ↔ takes), in every kind of prompt. The student's data is correct.
     # (Showing it only 5% of the Burmese problems was not enough: it still scored 99.5% there.)
