@@ -74,8 +74,15 @@ class LearnerConfig(BaseModel):
 
     num_ranks: int = Field(1, ge=1, description="Data-parallel ranks (one Ray actor each).")
     zero_stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage.")
-    lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate (constant after warm-up).")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr: float = Field(2e-5, gt=0.0, description="AdamW peak learning rate (reached after warm-up).")
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Linear warm-up over this fraction of the stage's steps (from lr 0)."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="After warm-up: constant, or a linear or cosine decay to 0 at the stage's last step "
+        "(transformers' schedulers; the learner is told the stage's length).",
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient-norm clip; 0 disables it.")
     dtype: Literal["float32", "bfloat16"] = Field(

@@ -21,8 +21,9 @@ class LearnerGroup:
         ema_decay: float | None = None,
         actor_options: list[dict] | None = None,
         wait: bool = True,
+        total_steps: int | None = None,
     ):
-        """`ema_decay`: keep an EMA of the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra
+        """`lr`: the peak of `config.lr_schedule`, whose decay ends at `total_steps`; `ema_decay`: keep an EMA of the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra
         Ray actor options (a placement group bundle, a label selector); `wait=False` returns while the ranks
         still load and initialize (call `wait_ready` before using them), so other start-up can overlap."""
         self.config = config
@@ -38,7 +39,7 @@ class LearnerGroup:
         ]
         master = ray.get(self.ranks[0].address.remote())
         self._initializing = [
-            r.init_engine.remote(model_path, reference_path, master, lr, pad_id, seed) for r in self.ranks
+            r.init_engine.remote(model_path, reference_path, master, lr, pad_id, seed, total_steps) for r in self.ranks
         ]
         self.num_parameters: int | None = None
         if wait:

@@ -47,7 +47,14 @@ class LearnerRank:
         return ray.util.get_node_ip_address(), self.config.master_port or free_port()
 
     def init_engine(
-        self, model_path: str, reference_path: str | None, master: tuple[str, int], lr: float, pad_id: int, seed: int
+        self,
+        model_path: str,
+        reference_path: str | None,
+        master: tuple[str, int],
+        lr: float,
+        pad_id: int,
+        seed: int,
+        total_steps: int | None = None,
     ) -> int:
         import torch
 
@@ -81,10 +88,7 @@ class LearnerRank:
             self.reference.eval().requires_grad_(False)
         # A torch AdamW keeps DeepSpeed from JIT-building fused_adam on CPU (about a minute per fresh machine).
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=self.config.weight_decay)
-        warmup = self.config.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        scheduler = lr_scheduler(optimizer, self.config, total_steps)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
@@ -126,15 +130,23 @@ class LearnerRank:
         )
         loss, metrics = compute_loss(self.objective, batch, policy_forward, reference_forward, self.pad_id)
         self.engine.backward(loss)
+        # Without ZeRO, DeepSpeed clips fp32 gradients but keeps no norm (get_global_grad_norm stays None).
+        unclipped_norm = self._grad_norm() if self.config.zero_stage == 0 and self.config.dtype == "float32" else None
         self.engine.step()
         self.step += 1
         if self.ema_decay is not None:
             self._update_ema(self.ema_decay)
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = self.engine.get_global_grad_norm() if unclipped_norm is None else unclipped_norm
         metrics["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["train/lr"] = self.engine.get_lr()[0]
         metrics["time/learner_step_s"] = time.perf_counter() - started
         return metrics
+
+    def _grad_norm(self) -> float:
+        import torch
+
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     def _full_state_dict(self) -> dict:
         """Full, unpartitioned parameters with HF names; every rank must call it (ZeRO-3 gathers collectively)."""
@@ -256,3 +268,17 @@ class LearnerRank:
             return None
         self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
         return directory
+
+
+def lr_scheduler(optimizer, config: LearnerConfig, total_steps: int | None):
+    """transformers' warm-up-then-decay schedules over a stage of `total_steps` (a decay reaches 0 at its end)."""
+    from transformers import get_scheduler
+
+    if total_steps is None and (config.lr_schedule != "constant" or config.warmup_ratio > 0):
+        raise ValueError(
+            f"lr_schedule={config.lr_schedule} with warmup_ratio={config.warmup_ratio} needs the number of training steps"
+        )
+    warmup = round(config.warmup_ratio * total_steps) if total_steps else 0
+    if config.lr_schedule == "constant":
+        return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup)
+    return get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)

@@ -85,12 +85,23 @@ class StageConfig(BaseModel):
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(32, ge=1, description="Global batch (prompts per step), split over learner ranks.")
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
+    warmup_ratio: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Overrides learner.warmup_ratio for this stage."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] | None = Field(
+        None, description="Overrides learner.lr_schedule for this stage (a decay ends at the stage's last step)."
+    )
     max_staleness: int = Field(
         0,
         ge=0,
         description="Asynchronous rollouts: batches for the next steps are sampled and scored while the learner "
         "trains, from weights at most this many versions behind the learner's. 0 = synchronous.",
     )
+
+    def learner_overrides(self) -> dict:
+        """The learner fields this stage sets."""
+        fields = {"lr": self.lr, "warmup_ratio": self.warmup_ratio, "lr_schedule": self.lr_schedule}
+        return {key: value for key, value in fields.items() if value is not None}
 
 
 class RecipeConfig(BaseModel):

@@ -269,7 +269,7 @@ class Trainer:
         started = time.perf_counter()
         if name == "distill" and self.cfg.routing.enabled:
             self._measure_routing_teacher()  # its engine is gone before the stage's learner and teachers claim CPUs
-        verbalizer = self.begin_stage(name, objective, init_path, stage.lr)
+        verbalizer = self.begin_stage(name, objective, init_path, stage)
         first_step = self._restore(name, objective) + 1
         if name == "distill" and self.cfg.routing.enabled:
             self._route(name)
@@ -287,16 +287,18 @@ class Trainer:
         return checkpoint
 
     def begin_stage(
-        self, name: str, objective: ObjectiveConfig, init_path: str, lr: float | None = None
+        self, name: str, objective: ObjectiveConfig, init_path: str, stage: StageConfig | None = None
     ) -> Verbalizer | None:
         """Teacher, learner ranks on `init_path`, rollout workers on the same weights, the weight sync between
-        them. Returns the verbalizer the stage's batches are built with."""
+        them; the stage's lr settings override the learner's. Returns the verbalizer the stage's batches are
+        built with."""
         if self.placement is None:  # a stage run without start(), on engines someone else started
             init_ray(self.cfg.ray)
             self.placement = Placement(self.cfg)
         recipe = self.cfg.recipe
         ema = objective.uses_teacher and recipe.teacher == "ema"
-        learner_cfg = self.cfg.learner.model_copy(update={"objective": objective})
+        stage = stage or StageConfig()
+        learner_cfg = self.cfg.learner.model_copy(update={"objective": objective, **stage.learner_overrides()})
         self._say(
             f"[{name}] starting {learner_cfg.num_ranks} DeepSpeed learner rank(s) (ZeRO-{learner_cfg.zero_stage}) on {init_path}"
         )
@@ -305,12 +307,13 @@ class Trainer:
             learner_cfg,
             init_path,
             init_path if objective.uses_reference else None,
-            lr or learner_cfg.lr,
+            learner_cfg.lr,
             self.tokenizer.pad_token_id,
             self.cfg.seed,
             ema_decay=recipe.ema_decay if ema else None,
             actor_options=self.placement.learner_options(),
             wait=False,
+            total_steps=stage_steps(stage, len(self.train_rows)),
         )
         if objective.uses_teacher:
             self._start_teacher(init_path, objective)

@@ -39,7 +39,7 @@ def test_max_staleness_zero_reproduces_the_synchronous_losses(run, shared_rollou
     serial = _trainer(shared_rollout, tiny_world, serve_port, tmp_path, "serial", rollout=greedy, distill=stage)
     serial_losses = []
     try:
-        verbalizer = serial.begin_stage("distill", serial.cfg.objective, cold_start, 1e-2)
+        verbalizer = serial.begin_stage("distill", serial.cfg.objective, cold_start, serial.cfg.distill)
         for step, row_ids in enumerate(serial.data_order("distill", 8, STEPS), 1):
             metrics = serial.learn(serial.prepare(row_ids, serial.cfg.objective, verbalizer), max_staleness=0)
             assert metrics["rollout/staleness"] == 0

@@ -90,6 +90,8 @@ def test_overrides_are_typed_and_nested(tmp_path):
         ("learner.objective.lam=1.5", "learner.objective.lam"),
         ("learner.objective.divergence=kl", "learner.objective.divergence"),
         ("learner.lr=-1", "learner.lr"),
+        ("cold_start.warmup_ratio=1", "cold_start.warmup_ratio"),
+        ("distill.lr_schedule=exponential", "distill.lr_schedule"),
         ("verbalizer.mode=french", "verbalizer.mode"),
         ("learner.bogus=1", "learner.bogus"),
         ("rollout.sampling.temperature=hot", "rollout.sampling.temperature"),
@@ -115,6 +117,14 @@ def test_cross_field_rules(tmp_path):
         load_config(write(tmp_path, MINIMAL), ["rollout.max_model_len=64", "rollout.sampling.max_new_tokens=64"])
     with pytest.raises(ConfigError, match="data.languages"):
         load_config(write(tmp_path, MINIMAL), ["data.languages=[xx]"])
+
+
+def test_a_stage_overrides_only_the_lr_fields_it_sets(tmp_path):
+    cfg = load_config(
+        write(tmp_path, MINIMAL), ["learner.warmup_ratio=0.3", "distill.lr=0.5", "distill.lr_schedule=cosine"]
+    )
+    assert cfg.distill.learner_overrides() == {"lr": 0.5, "lr_schedule": "cosine"}
+    assert cfg.cold_start.learner_overrides() == {}
 
 
 def test_malformed_override_and_missing_file(tmp_path):

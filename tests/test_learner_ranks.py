@@ -27,6 +27,7 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path, 
     batch = TrainBatch(chosen=TokenSequences(prompts, responses))
     published = {}
     ema = {}
+    grad_norms = {}
     for ranks in (1, 2):
         config = LearnerConfig(
             num_ranks=ranks,
@@ -39,12 +40,15 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path, 
         try:
             metrics = group.train_step(batch)
             assert torch.isfinite(torch.tensor(metrics["loss/sft"]))
+            grad_norms[ranks] = metrics["train/grad_norm"]
             files = sorted(Path(group.publish_weights(1, str(tmp_path / f"ranks{ranks}")).path).glob("*.safetensors"))
             assert len(files) > 1
             published[ranks] = {k: v for f in files for k, v in load_file(str(f)).items()}
             ema[ranks] = ray_session.get(group.ema_state())
         finally:
             group.shutdown()
+    # The global norm before clipping; without ZeRO DeepSpeed keeps none, so the rank measures it.
+    assert grad_norms[1] > 0 and grad_norms[2] == pytest.approx(grad_norms[1], rel=1e-4)
     initial = load_file(str(tiny_world / "student" / "model.safetensors"))
     name = "model.embed_tokens.weight"
     assert not torch.allclose(published[1][name], initial[name]), "the step must move the weights"
