@@ -62,7 +62,14 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
             compare,
             tmp_path / "compare",
             seed,
-            {"sft": base, "gkd": base + 5, "dudi": base + 5, "dudi + routing": base + 5, "dudi, jsd": base + 5},
+            {
+                "sft": base,
+                "gkd": base + 5,
+                "dudi": base + 5,
+                "dudi + routing": base + 5,
+                "dudi, jsd": base + 5,
+                compare.KD_CONTROL: base,
+            },
         )
     compare.write_report(tmp_path, "--seeds 0 1 2 3 4")
     report = (tmp_path / "compare_methods.md").read_text()
@@ -77,6 +84,8 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
     assert "Ordering here: dudi 41.7 > gkd 41.7 > sft 36.7" in report or "gkd 41.7 > dudi 41.7" in report
     # The weak-teacher language: Burmese is 10 points under the others for every run.
     assert "| teacher | **80.0** [80.0, 80.0] | 90.0 | 5 |" in report
+    assert "## Control: the KD machinery against SFT" in report
+    assert line(f"| sft | {compare.KD_CONTROL} |").endswith("no significant difference |")
     assert "## DuDi ablation: divergence" in report and "| dudi, rkl | dudi, jsd |" in report
     assert (tmp_path / "compare_methods.png").stat().st_size > 10_000
 
