@@ -97,7 +97,7 @@ def test_student_top_ids_and_logprobs_match_a_transformers_forward(run):
 
     model = AutoModelForCausalLM.from_pretrained(run.result.checkpoints["distill"]).eval()
     prompts = [encode_prompt(run.tokenizer, row.prompt) for row in run.eval_rows[:4]]
-    n = 8
+    n, tie = 8, 1e-3
     spec = run.rollout.sampling_spec(greedy=True, max_new_tokens=6, top_ids=n)
     sampled = run.rollout.generate([GenerationRequest(p) for p in prompts], spec)
     ranked = run.rollout.rank_ids([TopIdsRequest(p, r.response_ids) for p, r in zip(prompts, sampled, strict=True)], n)
@@ -109,10 +109,13 @@ def test_student_top_ids_and_logprobs_match_a_transformers_forward(run):
             logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
         logprobs = torch.log_softmax(logits, dim=-1)
         for t, row in enumerate(logits):
-            values, order = row.sort(descending=True)
             assert result.response_logprobs[t] == pytest.approx(logprobs[t, response[t]].item(), abs=1e-4)
-            if values[n - 1] - values[n] > 1e-3 and (values[:n].diff().abs() > 1e-3).all():
-                expected = order[:n].tolist()
-                assert result.top_ids[t] == expected and ranks[t] == expected
+            for ids in (result.top_ids[t], ranks[t]):
+                # A valid top-n, best first, up to float noise between vLLM's and transformers' kernels: a barely
+                # trained student has near-ties, so an exact order would test the kernels, not the ranking.
+                chosen = row[torch.tensor(ids)]
+                others = row.clone()
+                others[torch.tensor(ids)] = -torch.inf
+                assert len(set(ids)) == n and (chosen.diff() <= tie).all() and chosen.min() >= others.max() - tie
                 checked += 1
-    assert checked > 0
+    assert checked == 2 * sum(len(r.response_ids) for r in sampled)
