@@ -140,7 +140,9 @@ def test_a_learner_rank_killed_stops_the_run_with_a_resume_hint(
     assert [e["step"] for e in read_ledger(cfg.run_dir / "ledger.jsonl")] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("transport", ["files", "broadcast"])
+# Broadcast only (each variant restarts a vLLM engine, about 40 s): its restore opens a new group around the
+# restarted worker, while a files restore is the publish-and-load of every same-node step, sent to that worker only.
+@pytest.mark.parametrize("transport", ["broadcast"])
 def test_a_rollout_worker_killed_mid_generation_is_restarted_with_the_current_weights(
     run, shared_rollout, tiny_world, serve_port, tmp_path, transport
 ):

@@ -382,3 +382,30 @@ def test_each_objective_logs_exactly_its_terms(fields, terms):
 def test_an_objective_without_terms_is_rejected():
     with pytest.raises(ValueError, match="no term"):
         ObjectiveConfig(alpha=0, kd_weight=0)
+
+
+def test_off_kd_forward_kl_to_a_one_hot_teacher_is_sft():
+    """Through packing, chunking and the teacher's padding: FKL to a teacher certain of y on (x, y) has SFT's loss
+    and gradient (the method comparison's control rests on it)."""
+    torch.manual_seed(0)
+    model = tiny_qwen2(40)
+    x, y = [[1, 2, 3], [4, 5], [6]], [[7, 8], [9, 10, 11, 12], [13]]
+    certain = []
+    for r in y:
+        logprobs = torch.full((len(r), 40), -60.0)  # e^-60: nothing off y
+        logprobs[torch.arange(len(r)), torch.tensor(r)] = 0.0
+        certain.append(TeacherScores(full=torch.log_softmax(logprobs, -1).numpy()))
+    batch = TrainBatch(chosen=TokenSequences(x, y), chosen_teacher=certain)
+    forward = lambda packed: response_states(model, packed, chunk_size=3)  # noqa: E731
+    results = {}
+    for name, cfg in {
+        "sft": ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0),
+        "fkl": ObjectiveConfig(alpha=0, lam=0, divergence="fkl"),
+    }.items():
+        model.zero_grad()
+        loss, _ = compute_loss(cfg, batch, forward, None, pad_id=0)
+        loss.backward()
+        results[name] = (loss.item(), [p.grad.clone() for p in model.parameters()])
+    assert results["fkl"][0] == pytest.approx(results["sft"][0], rel=1e-6)
+    for fkl_grad, sft_grad in zip(results["fkl"][1], results["sft"][1], strict=True):
+        torch.testing.assert_close(fkl_grad, sft_grad, rtol=1e-5, atol=1e-7)
