@@ -23,9 +23,10 @@ class LearnerGroup:
         wait: bool = True,
         total_steps: int | None = None,
     ):
-        """`lr`: the peak of `config.lr_schedule`, whose decay ends at `total_steps`; `ema_decay`: keep an EMA of the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra
-        Ray actor options (a placement group bundle, a label selector); `wait=False` returns while the ranks
-        still load and initialize (call `wait_ready` before using them), so other start-up can overlap."""
+        """`lr`: the peak of `config.lr_schedule`, whose decay ends at `total_steps`; `ema_decay`: keep an EMA of
+        the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra Ray actor options (a placement
+        group bundle, a label selector); `wait=False` returns while the ranks still load and initialize (call
+        `wait_ready` before using them), so other start-up can overlap."""
         self.config = config
         self.ema_decay = ema_decay
         actor_cls = ray.remote(LearnerRank)
