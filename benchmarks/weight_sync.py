@@ -69,10 +69,9 @@ def measure(shape: str, repeats: int, tmp: Path) -> dict:
     path = model_dir(shape, tmp)
     rollout = RolloutGroup(RolloutConfig(max_model_len=256, enforce_eager=True, max_logprobs=0), path, seed=0)
     learner = LearnerGroup(
-        LearnerConfig(zero_stage=3, objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0)),
+        LearnerConfig(zero_stage=3, lr=1e-4, objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0)),
         path,
         None,
-        lr=1e-4,
         pad_id=0,
         seed=0,
     )

@@ -15,7 +15,6 @@ class LearnerGroup:
         config: LearnerConfig,
         model_path: str,
         reference_path: str | None,
-        lr: float,
         pad_id: int,
         seed: int,
         ema_decay: float | None = None,
@@ -23,10 +22,10 @@ class LearnerGroup:
         wait: bool = True,
         total_steps: int | None = None,
     ):
-        """`lr`: the peak of `config.lr_schedule`, whose decay ends at `total_steps`; `ema_decay`: keep an EMA of
-        the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra Ray actor options (a placement
-        group bundle, a label selector); `wait=False` returns while the ranks still load and initialize (call
-        `wait_ready` before using them), so other start-up can overlap."""
+        """`config.lr`: the peak of `config.lr_schedule`, whose decay ends at `total_steps`; `ema_decay`: keep an
+        EMA of the weights on rank 0 (an EMA teacher's); `actor_options`: per rank, extra Ray actor options (a
+        placement group bundle, a label selector); `wait=False` returns while the ranks still load and initialize
+        (call `wait_ready` before using them), so other start-up can overlap."""
         self.config = config
         self.ema_decay = ema_decay
         actor_cls = ray.remote(LearnerRank)
@@ -40,7 +39,7 @@ class LearnerGroup:
         ]
         master = ray.get(self.ranks[0].address.remote())
         self._initializing = [
-            r.init_engine.remote(model_path, reference_path, master, lr, pad_id, seed, total_steps) for r in self.ranks
+            r.init_engine.remote(model_path, reference_path, master, pad_id, seed, total_steps) for r in self.ranks
         ]
         self.num_parameters: int | None = None
         if wait:

@@ -51,7 +51,6 @@ class LearnerRank:
         model_path: str,
         reference_path: str | None,
         master: tuple[str, int],
-        lr: float,
         pad_id: int,
         seed: int,
         total_steps: int | None = None,
@@ -87,7 +86,7 @@ class LearnerRank:
             )
             self.reference.eval().requires_grad_(False)
         # A torch AdamW keeps DeepSpeed from JIT-building fused_adam on CPU (about a minute per fresh machine).
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
         scheduler = lr_scheduler(optimizer, self.config, total_steps)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()

@@ -307,7 +307,6 @@ class Trainer:
             learner_cfg,
             init_path,
             init_path if objective.uses_reference else None,
-            learner_cfg.lr,
             self.tokenizer.pad_token_id,
             self.cfg.seed,
             ema_decay=recipe.ema_decay if ema else None,

@@ -31,12 +31,13 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path, 
     for ranks in (1, 2):
         config = LearnerConfig(
             num_ranks=ranks,
+            lr=LR,
             zero_stage=zero_stage,
             num_threads=1,
             objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0),
             publish_bucket_mib=1,  # several buckets, each gathered on its own under ZeRO-3
         )
-        group = LearnerGroup(config, str(tiny_world / "student"), None, lr=LR, pad_id=0, seed=0, ema_decay=0.75)
+        group = LearnerGroup(config, str(tiny_world / "student"), None, pad_id=0, seed=0, ema_decay=0.75)
         try:
             metrics = group.train_step(batch)
             assert torch.isfinite(torch.tensor(metrics["loss/sft"]))
