@@ -103,8 +103,25 @@ def run_variant(base: Path, overrides: list[str], name: str, cold_start: str, ro
         "accuracy": accuracy,
         "curve": trainer.result.curves.get("distill", []),
         "seconds": round(time.perf_counter() - started, 1),
+        "budget": budget(cfg, "distill"),
         "last_metrics": trainer.result.last_metrics.get("distill", {}),
     }
+
+
+def budget(cfg, stage: str) -> dict:
+    """What a stage's result depends on besides the method: a result written under another budget is not reused."""
+    stage_cfg = getattr(cfg, stage)
+    learner = cfg.learner.model_copy(update=stage_cfg.learner_overrides())
+    out = {
+        "steps": stage_cfg.steps,
+        "batch_size": stage_cfg.batch_size,
+        "lr": learner.lr,
+        "lr_schedule": learner.lr_schedule,
+        "warmup_ratio": learner.warmup_ratio,
+    }
+    if stage == "distill":
+        out["eval_every_steps"] = cfg.eval.every_steps
+    return out
 
 
 def world_facts(cfg) -> dict:
@@ -121,13 +138,25 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
 
     seed_out = out / f"seed{seed}"
     seed_out.mkdir(parents=True, exist_ok=True)
-    todo = [(name, variant) for name, variant in plan if not (seed_out / f"{slug(name)}.json").exists()]
+    overrides = [*overrides, f"seed={seed}"]
+    planned = load_config(base, overrides)
+    todo = []
+    for name, variant in plan:
+        path = seed_out / f"{slug(name)}.json"
+        if path.exists():
+            written = json.loads(path.read_text()).get("budget")
+            if written == budget(planned, "distill"):
+                continue
+            print(f"=== seed {seed}: {name} was written with another budget ({written}); running it again ===")
+        todo.append((name, variant))
     if not todo:
         return
-    overrides = [*overrides, f"seed={seed}"]
     runs_dir = runs_root / f"seed{seed}"
     cold_file = seed_out / "_cold_start.json"
     known = json.loads(cold_file.read_text()) if cold_file.exists() else None
+    if known is not None and known.get("cold_start_budget") != budget(planned, "cold_start"):
+        print(f"=== seed {seed}: the cold start was written with another budget; training it again ===")
+        known = None
     have_checkpoint = known is not None and Path(known["checkpoint"], "config.json").is_file()
     cfg = load_config(
         base,
@@ -156,10 +185,7 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
                 "seconds": owner.result.stage_seconds["cold_start"],
                 "languages": owner.languages,
                 "eval_rows": len(owner.eval_rows),
-                "cold_start_steps": cfg.cold_start.steps,
-                "steps": cfg.distill.steps,
-                "batch_size": cfg.distill.batch_size,
-                "eval_every_steps": cfg.eval.every_steps,
+                "cold_start_budget": budget(cfg, "cold_start"),
                 "config": str(base),
                 "world": world_facts(cfg),
             }
@@ -293,12 +319,23 @@ def comparison_table(runs: dict, pairs: list[tuple[str, str]], key: str = "avg")
     return "\n".join(lines)
 
 
+def describe_budget(budget: dict) -> str:
+    if not budget:
+        return "budget not recorded"
+    return f"{budget['steps']} steps of {budget['batch_size']}, lr {budget['lr']:g}, {budget['lr_schedule']}" + (
+        f" after a {budget['warmup_ratio']:.0%} warm-up" if budget.get("warmup_ratio") else ""
+    )
+
+
 def write_report(out: Path, command: str) -> None:
     cold, runs = load_results(out / "compare")
     if not cold:
         print(f"no results under {out / 'compare'} yet")
         return
     first = cold[min(cold)]
+    cold_budget = first.get("cold_start_budget", {})
+    budgets = {json.dumps(r["budget"], sort_keys=True) for by in runs.values() for r in by.values() if r.get("budget")}
+    distill = json.loads(min(budgets)) if budgets else {}
     languages = first["languages"]
     world = first.get("world", {})
     chance = world.get("chance_exact_match_eval_set")
@@ -314,11 +351,16 @@ def write_report(out: Path, command: str) -> None:
         f"{world.get('student_parameters', 0) / 1e6:.1f}M; {world.get('spec', {}).get('train_per_language', '?')} "
         f"training problems per language; the teacher learnt {world.get('teacher_misreads')} with every operation "
         "read the wrong way round, so it is weak there by construction). Per seed one cold start "
-        f"({first.get('cold_start_steps')} SFT steps), then {first['steps']} steps of every run from it (batch "
-        f"{first['batch_size']}), greedy exact match on {first['eval_rows']} eval rows "
-        f"({first['eval_rows'] // len(languages)} per language) every {first.get('eval_every_steps')} steps and at "
-        f"the end. Seeds {sorted(cold)}; compute so far {wall_s / 3600:.1f} h of runs on this 2-core machine. "
-        "Cells: mean over seeds; avg with Student's t 95% interval over seeds.",
+        f"({describe_budget(cold_budget)}), then every run from it ({describe_budget(distill)}), greedy exact "
+        f"match on {first['eval_rows']} eval rows ({first['eval_rows'] // len(languages)} per language) every "
+        f"{distill.get('eval_every_steps')} steps and at the end. Seeds {sorted(cold)}; compute so far "
+        f"{wall_s / 3600:.1f} h of runs on this 2-core machine. Cells: mean over seeds; avg with Student's t 95% "
+        "interval over seeds."
+        + (
+            f" **The runs here were written under {len(budgets)} different budgets: rerun to align them.**"
+            if len(budgets) > 1
+            else ""
+        ),
         "",
         "## Methods (paper Table 2)",
         "",

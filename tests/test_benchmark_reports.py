@@ -20,6 +20,14 @@ def compare():
 
 
 LANGUAGES = ["en", "th", "my"]
+BUDGET = {
+    "steps": 50,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "lr_schedule": "cosine",
+    "warmup_ratio": 0.1,
+    "eval_every_steps": 25,
+}
 
 
 def write_seed(compare, compare_dir: Path, seed: int, scores: dict[str, float]) -> None:
@@ -38,17 +46,14 @@ def write_seed(compare, compare_dir: Path, seed: int, scores: dict[str, float]) 
         "seconds": 30,
         "languages": LANGUAGES,
         "eval_rows": 600,
-        "cold_start_steps": 100,
-        "steps": 50,
-        "batch_size": 32,
-        "eval_every_steps": 25,
+        "cold_start_budget": {"steps": 100, "batch_size": 32, "lr": 3e-3, "lr_schedule": "cosine", "warmup_ratio": 0.1},
         "config": "configs/bench.yaml",
         "world": {"chance_exact_match_eval_set": 1.11, "teacher_misreads": "my"},
     }
     (seed_dir / "_cold_start.json").write_text(json.dumps(cold))
     for name, v in scores.items():
         curve = [{"step": 25, **accuracy(v - 5)}, {"step": 50, **accuracy(v)}]
-        record = {"name": name, "seed": seed, "accuracy": accuracy(v), "curve": curve, "seconds": 60}
+        record = {"name": name, "seed": seed, "accuracy": accuracy(v), "curve": curve, "seconds": 60, "budget": BUDGET}
         (seed_dir / f"{compare.slug(name)}.json").write_text(json.dumps(record))
 
 
@@ -88,6 +93,34 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
     assert line(f"| sft | {compare.KD_CONTROL} |").endswith("no significant difference |")
     assert "## DuDi ablation: divergence" in report and "| dudi, rkl | dudi, jsd |" in report
     assert (tmp_path / "compare_methods.png").stat().st_size > 10_000
+    assert "then every run from it (50 steps of 32, lr 0.001, cosine after a 10% warm-up)" in report
+    assert "different budgets" not in report
+
+
+def test_report_flags_runs_written_under_different_budgets(compare, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "ASO_ITERATIONS", 100)
+    write_seed(compare, tmp_path / "compare", 0, {"sft": 40.0, "dudi": 45.0})
+    record_path = tmp_path / "compare" / "seed0" / "dudi.json"
+    record = json.loads(record_path.read_text())
+    record["budget"] = {**BUDGET, "steps": 400}
+    record_path.write_text(json.dumps(record))
+    compare.write_report(tmp_path, "--seeds 0")
+    assert "written under 2 different budgets" in (tmp_path / "compare_methods.md").read_text()
+
+
+def test_a_run_is_reused_only_under_the_same_budget(compare):
+    from orchestrator.config import load_config
+
+    bench = ROOT / "configs" / "bench.yaml"
+    planned = compare.budget(load_config(bench, []), "distill")
+    assert planned == compare.budget(load_config(bench, ["method=sft"]), "distill")  # the method is not the budget
+    assert planned != compare.budget(load_config(bench, ["distill.steps=7"]), "distill")
+    assert planned != compare.budget(
+        load_config(bench, ["learner.lr_schedule=linear", "distill.lr_schedule=null"]), "distill"
+    )
+    cold = compare.budget(load_config(bench, []), "cold_start")
+    assert cold != compare.budget(load_config(bench, ["cold_start.lr=1e-3"]), "cold_start")
+    assert "eval_every_steps" in planned and "eval_every_steps" not in cold
 
 
 def test_runs_are_named_by_file_safe_slugs(compare):
