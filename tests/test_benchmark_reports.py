@@ -74,6 +74,7 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
                 "dudi + routing": base + 5,
                 "dudi, jsd": base + 5,
                 compare.KD_CONTROL: base,
+                compare.RKL_CONTROL: base - 3,
             },
         )
     compare.write_report(tmp_path, "--seeds 0 1 2 3 4")
@@ -91,6 +92,7 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
     assert "| teacher | **80.0** [80.0, 80.0] | 90.0 | 5 |" in report
     assert "## Control: the KD machinery against SFT" in report
     assert line(f"| sft | {compare.KD_CONTROL} |").endswith("no significant difference |")
+    assert line(f"| {compare.KD_CONTROL} | {compare.RKL_CONTROL} |").endswith("better (significant) |")
     assert "## DuDi ablation: divergence" in report and "| dudi, rkl | dudi, jsd |" in report
     assert (tmp_path / "compare_methods.png").stat().st_size > 10_000
     assert "then every run from it (50 steps of 32, lr 0.001, cosine after a 10% warm-up)" in report
