@@ -7,6 +7,7 @@ import torch, Ray or vLLM, so `dudi --help` and config errors come back at once.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,26 @@ from learner.config import LearnerConfig, ObjectiveConfig
 from orchestrator.presets import METHODS, apply_preset, deep_merge
 from rollout.config import RolloutConfig
 from teacher_server.config import TeacherConfig
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true/false. PyYAML follows YAML 1.1, where a bare `off`, `on`, `yes` or `no` is
+    a boolean, so `routing.below_margin=off` reached the config as False and failed validation. Boolean fields
+    still take on/off/yes/no: pydantic reads those strings as booleans."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 LANGUAGES = ("en", "id", "vi", "th", "ta", "tl", "ms", "my")
 
@@ -327,7 +348,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key part")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), load_yaml(raw) if raw != "" else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -370,7 +391,7 @@ def read_config_file(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str,
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} is its own base")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""

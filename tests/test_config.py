@@ -84,6 +84,18 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert cfg.learner.lr == 1e-4 and cfg.objective.divergence == "jsd" and cfg.distill.steps == 7
 
 
+def test_off_and_on_are_words_not_booleans_but_booleans_still_take_them(tmp_path):
+    # YAML 1.1 reads a bare `off` as False: `routing.below_margin=off` failed validation before.
+    cfg = load_config(
+        write(tmp_path, MINIMAL), ["routing.below_margin=off", "distill.enabled=off", "eval.compare_teacher=yes"]
+    )
+    assert cfg.routing.below_margin == "off" and cfg.distill.enabled is False and cfg.eval.compare_teacher is True
+    from_file = load_config(
+        write(tmp_path, MINIMAL + "routing: {below_margin: off}\ncold_start: {enabled: false}\n"), []
+    )
+    assert from_file.routing.below_margin == "off" and from_file.cold_start.enabled is False
+
+
 @pytest.mark.parametrize(
     "override, field",
     [
