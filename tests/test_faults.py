@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import time
 
 import pytest
 from conftest import assert_planned_batches_trained_once, e2e_config
@@ -102,8 +103,15 @@ def test_a_rollout_worker_out_of_restarts_ends_the_run_with_one_line(ray_session
     worker = Worker.remote()
     ray.get(worker.get_policy_version.remote())
     ray.kill(worker)
-    group = RolloutGroup.__new__(RolloutGroup)
+    # ray.kill is asynchronous: a call sent right after it can still be served. Wait until the actor is gone, or
+    # `recover` would find it alive and the test would check nothing.
+    with pytest.raises(ray.exceptions.RayActorError):
+        for _ in range(100):
+            ray.get(worker.get_policy_version.remote())
+            time.sleep(0.1)
+    group = RolloutGroup.__new__(RolloutGroup)  # without its vLLM engines: only `recover` is under test
     group.config, group.workers, group.restarts = RolloutConfig(max_restarts=0), [worker], 0
+    group.restore_weights = None
     with pytest.raises(RolloutFailure, match=r"rollout worker 0 died and Ray will not restart it again"):
         group.recover([0])
 
