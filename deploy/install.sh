@@ -24,3 +24,12 @@ if [[ "$EXTRAS" == *cpu* ]]; then
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
 "$VENV/bin/python" -c "import vllm, ray, deepspeed, torch; print('installed: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)"
+# DeepSpeed builds its CPU shared-memory all-reduce on first use (30-50 s on 2 cores); building it here spares the
+# first run that wait. The environment's ninja builds it, as in every learner rank (learner/rank.py), so the
+# build is not redone by another ninja version.
+if [[ "$EXTRAS" == *cpu* ]]; then
+  echo "building DeepSpeed's CPU communication op (once; about a minute)"
+  PATH="$(cd "$VENV/bin" && pwd):$PATH" DS_ACCELERATOR=cpu "$VENV/bin/python" -c "
+from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+ShareMemCommBuilder().load(verbose=False)"
+fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +21,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
+
+
+def _prefer_this_environments_ninja() -> None:
+    """DeepSpeed JIT-builds its CPU ops (the shared-memory all-reduce) with whichever `ninja` comes first on PATH,
+    and ninja rebuilds everything when the log was written by another ninja version. A rank launched from a
+    shell without the virtual environment on PATH (the system's ninja) and one launched by `ray job submit`
+    (the environment's) would rebuild the op in turn, 30-50 s each time; one ninja for every launch keeps the
+    build cached."""
+    bin_dir = os.path.dirname(sys.executable)
+    if os.path.isfile(os.path.join(bin_dir, "ninja")):
+        path = os.environ.get("PATH", "").split(os.pathsep)
+        os.environ["PATH"] = os.pathsep.join([bin_dir] + [p for p in path if p != bin_dir])
 
 
 class LearnerRank:
@@ -71,6 +84,7 @@ class LearnerRank:
         )
         if not use_cuda:
             torch.set_num_threads(self.config.num_threads)
+        _prefer_this_environments_ninja()
         # DeepSpeed's ZeRO collectives call torch APIs deprecated in 2.13; the warning repeats every step.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
         torch.manual_seed(seed + self.rank)
