@@ -95,3 +95,25 @@ def test_the_same_seed_builds_the_same_files(tmp_path):
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["spec"]["seed"] == 1
     assert _digests(tmp_path / "c")["data/train.jsonl"] != _digests(tmp_path / "a")["data/train.jsonl"]
     assert other["vocab_size"] > 0
+
+
+def test_the_teachers_response_loss_is_the_models_own_loss():
+    """The builder skips the LM head on prompt positions; the value must still be transformers' causal-LM loss,
+    padding and a response that runs to the end of the row included."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.tiny_world.build import qwen2_config, response_loss
+
+    class Ids:
+        eos_token_id, pad_token_id = 1, 0
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(qwen2_config(256, 64, 2, Ids))
+    input_ids = torch.randint(2, 256, (3, 20))
+    input_ids[1, 15:] = 0
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 10:15] = input_ids[:, 10:15]
+    labels[0, 15:] = input_ids[0, 15:]
+    expected = model(input_ids=input_ids, attention_mask=input_ids != 0, labels=labels).loss
+    assert torch.allclose(response_loss(model, input_ids, labels, 0), expected, rtol=1e-5)
