@@ -97,6 +97,8 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
     assert (tmp_path / "compare_methods.png").stat().st_size > 10_000
     assert "then every run from it (50 steps of 32, lr 0.001, cosine after a 10% warm-up)" in report
     assert "different budgets" not in report
+    # Methods with fewer than two seeds are named as not yet tested, not dropped from the table without a word.
+    assert "Not yet tested (fewer than two seeds run for both): dudi against dft, dudi against spin" in report
 
 
 def test_report_flags_runs_written_under_different_budgets(compare, tmp_path, monkeypatch):
