@@ -310,25 +310,27 @@ def verdict(test: dict) -> str:
 
 
 def comparison_table(runs: dict, pairs: list[tuple[str, str]], key: str = "avg") -> str:
-    lines = [
-        "| A | B | A − B (mean) | 95% bootstrap CI | p (A ≤ B) | ASO ε_min(A ≻ B) | ASO ε_min(B ≻ A) | seeds | verdict |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|",
-    ]
-    waiting = []
+    rows, waiting = [], []
     for a, b in pairs:
         test = paired(runs, a, b, key)
         if test is None:
             waiting.append(f"{a} against {b}")
             continue
         d = test["diff"]
-        lines.append(
+        rows.append(
             f"| {a} | {b} | {d.mean:+.1f} | [{d.low:+.1f}, {d.high:+.1f}] | {d.p_value:.3f} | "
             f"{test['aso_a_better']:.2f} | {test['aso_b_better']:.2f} | {test['seeds']} | {verdict(test)} |"
         )
-    note = f"Not yet tested (fewer than two seeds run for both): {', '.join(waiting)}." if waiting else ""
-    if len(lines) == 2:
-        return note
-    return "\n".join(lines + ([] if not note else ["", note]))
+    parts = []
+    if rows:
+        header = [
+            "| A | B | A − B (mean) | 95% bootstrap CI | p (A ≤ B) | ASO ε_min(A ≻ B) | ASO ε_min(B ≻ A) | seeds | verdict |",
+            "|---|---|---:|---|---:|---:|---:|---:|---|",
+        ]
+        parts.append("\n".join(header + rows))
+    if waiting:
+        parts.append(f"Not yet tested (fewer than two seeds run for both): {', '.join(waiting)}.")
+    return "\n\n".join(parts)
 
 
 def describe_budget(budget: dict) -> str:
