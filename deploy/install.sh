@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs DuDi-Dist into a virtual environment from the project's own files.
 #   PYTHON=python3.12 VENV=.venv EXTRAS=cpu,dev,bench bash deploy/install.sh   (Python 3.11, 3.12 or 3.13)
+#   BUILD_CPU_OPS=0: do not build DeepSpeed's CPU all-reduce op now (the first multi-rank learner will)
 # EXTRAS=gpu,dev on a CUDA machine.
 set -euo pipefail
 if [ -z "${PYTHON:-}" ]; then  # the newest of 3.13, 3.12, 3.11 that runs (a disabled pyenv shim does not)
@@ -24,12 +25,8 @@ if [[ "$EXTRAS" == *cpu* ]]; then
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
 "$VENV/bin/python" -c "import vllm, ray, deepspeed, torch; print('installed: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)"
-# DeepSpeed builds its CPU shared-memory all-reduce on first use (30-50 s on 2 cores); building it here spares the
-# first run that wait. The environment's ninja builds it, as in every learner rank (learner/rank.py), so the
-# build is not redone by another ninja version.
-if [[ "$EXTRAS" == *cpu* ]]; then
-  echo "building DeepSpeed's CPU communication op (once; about a minute)"
-  PATH="$(cd "$VENV/bin" && pwd):$PATH" DS_ACCELERATOR=cpu "$VENV/bin/python" -c "
-from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
-ShareMemCommBuilder().load(verbose=False)"
+# DeepSpeed's CPU all-reduce op, built here so that the first multi-rank learner does not wait for it.
+# BUILD_CPU_OPS=0 leaves it to first use (`make demo` does: its one learner rank never needs it).
+if [[ "$EXTRAS" == *cpu* && "${BUILD_CPU_OPS:-1}" != 0 ]]; then
+  VENV="$VENV" bash deploy/build_cpu_ops.sh
 fi

@@ -35,6 +35,17 @@ def _prefer_this_environments_ninja() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir] + [p for p in path if p != bin_dir])
 
 
+def _skip_shared_memory_all_reduce() -> None:
+    """A single CPU rank reduces with nobody, yet DeepSpeed's CPU backend JIT-builds its shared-memory all-reduce
+    op when it starts (30-50 s on a fresh 2-core machine, before the first step of `make demo`). Marked
+    incompatible, the op is neither built nor loaded, and the backend's collectives go through torch.distributed
+    (gloo), which over one rank return their input unchanged: the same step, bit for bit."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 class LearnerRank:
     """State: the DeepSpeed engine, the reference model (or None), the step counter."""
 
@@ -91,6 +102,8 @@ class LearnerRank:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
+        if not use_cuda and self.world_size == 1:
+            _skip_shared_memory_all_reduce()
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
         dtype = torch.bfloat16 if self.config.dtype == "bfloat16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
