@@ -9,7 +9,7 @@ the same data order, batch and seed, on one shared set of vLLM engines, is evalu
 `eval.every_steps` steps (the curves) and at the end on the same eval rows. Every finished run is written at once
 (`<out>/compare/seed<N>/<run>.json`, the cold start's checkpoint under --runs-dir), and a run already written is
 skipped: kill it at any time and run the same command again to go on. The report (`compare_methods.md`,
-`compare_methods.png`) is rebuilt from whatever runs exist after every run and with --report-only.
+`compare_methods.png`, `compare_methods_curves.png`) is rebuilt from whatever runs exist after every run and with --report-only.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ ABLATION_TABLES = {
         [f"dudi, verbalizer {m}" for m in ("none", "english", "multilingual", "mix")],
     ),
 }
+CURVES_PNG = "compare_methods_curves.png"
 PAPER_TABLE_2 = {"dudi": 10.1, "dft": 9.7, "spin": 9.5, "gkd": 9.0, "sft": 8.6, "seqkd": 6.1, "sdft": 3.6}
 PAPER_ABLATIONS = [  # (better, worse) as the paper reports them
     ("dudi, rkl", "dudi, jsd"),
@@ -392,6 +393,14 @@ def write_report(out: Path, command: str) -> None:
         "",
         "Ordering in the paper (avg over its benchmarks): " + " > ".join(f"{m} {v}" for m, v in PAPER_TABLE_2.items()),
         "",
+        "## Eval curves: where each run was when its lr ran out",
+        "",
+        f"Avg exact match over the seeds at evenly spaced eval steps (every seed's curve: `{CURVES_PNG}`). The lr "
+        "decays to 0 on a cosine, so every curve flattens at the end by construction; a run that still gains in "
+        "its last stretch was still learning when its budget ended, and a longer budget may change its place.",
+        "",
+        curves_table(runs, [*METHOD_ORDER, "dudi + routing", KD_CONTROL, RKL_CONTROL]),
+        "",
         f"## The weak-teacher language ({WEAK_LANGUAGE}) and per-language routing",
         "",
         f"Exact match on {WEAK_LANGUAGE} only. `dudi + routing`: {' '.join(ROUTING)} (the held-out rows are "
@@ -454,6 +463,7 @@ def write_report(out: Path, command: str) -> None:
         text += ["", discussion.read_text().strip()]
     (out / "compare_methods.md").write_text("\n".join(text) + "\n")
     plot(runs, languages, chance, out / "compare_methods.png")
+    plot_curves_per_seed(runs, out / CURVES_PNG)
     print(f"report: {out / 'compare_methods.md'}")
 
 
@@ -473,6 +483,38 @@ def _ran(runs: dict) -> set[str]:
 def ordering(runs: dict, names: list[str]) -> str:
     present = [(n, mean_interval(scores(runs[n])).mean) for n in names if runs.get(n)]
     return " > ".join(f"{n} {v:.1f}" for n, v in sorted(present, key=lambda item: -item[1]))
+
+
+def curve_at(record: dict, step: int, key: str = "avg") -> float | None:
+    return next((p[key] for p in record.get("curve", []) if p["step"] == step), None)
+
+
+def curves_table(runs: dict, names: list[str], columns: int = 5) -> str:
+    """Mean over seeds at up to `columns` evenly spaced eval steps ending at the last, and the last stretch's gain."""
+    names = [n for n in names if runs.get(n) and all(r.get("curve") for r in runs[n].values())]
+    if not names:
+        return "No curves written yet."
+    steps = sorted(set.intersection(*[{p["step"] for r in runs[n].values() for p in r["curve"]} for n in names]))
+    shown = steps[::-1][:: -(-len(steps) // columns)][::-1]  # ceil division: the stride that leaves ≤ columns
+    head = " | ".join(f"step {s}" for s in shown)
+    gain = f"gain {shown[-2]}→{shown[-1]} [95% CI]" if len(shown) > 1 else "gain"
+    lines = [f"| run | {head} | {gain} | gain per seed | seeds |", "|---|" + "---:|" * len(shown) + "---|---|---:|"]
+    for name in names:
+        by_seed = [runs[name][s] for s in sorted(runs[name])]
+        means = []
+        for step in shown:
+            values = [v for v in (curve_at(r, step) for r in by_seed) if v is not None]
+            means.append(f"{sum(values) / len(values):.1f}" if values else "")
+        gains = [curve_at(r, shown[-1]) - curve_at(r, shown[-2]) for r in by_seed] if len(shown) > 1 else []
+        gain_cell = ""
+        if gains:
+            interval = mean_interval(gains)
+            gain_cell = f"{interval.mean:+.1f}" + (
+                f" [{interval.low:+.1f}, {interval.high:+.1f}]" if len(gains) > 1 else ""
+            )
+        per_seed = " / ".join(f"{g:+.1f}" for g in gains)
+        lines.append(f"| {name} | {' | '.join(means)} | {gain_cell} | {per_seed} | {len(by_seed)} |")
+    return "\n".join(lines)
 
 
 def weak_language_table(runs: dict) -> str:
@@ -512,7 +554,8 @@ def plot(runs: dict, languages: list[str], chance: float | None, path: Path) -> 
             for s in steps
         ]
         start = sum(scores(runs["cold start (SFT)"])) / len(runs["cold start (SFT)"])
-        curves.plot([0, *steps], [start, *mean], marker=".", label=name, linewidth=2.5 if name == "dudi" else 1.2)
+        label = f"{name} ({len(by_seed)} seed{'s' if len(by_seed) > 1 else ''})"
+        curves.plot([0, *steps], [start, *mean], marker=".", label=label, linewidth=2.5 if name == "dudi" else 1.2)
     curves.set_xlabel("distillation step")
     curves.set_ylabel("avg exact match (%), mean over seeds")
     curves.set_title("Eval curves")
@@ -520,10 +563,57 @@ def plot(runs: dict, languages: list[str], chance: float | None, path: Path) -> 
     ablations = [n for _, variants in ABLATION_TABLES.values() for n in variants if runs.get(n)]
     if ablations:
         _bars(axes[1][0], ["dudi", *ablations], runs, "avg", None, "DuDi (defaults) and its ablations: avg exact match")
+    else:
+        axes[1][0].axis("off")
+        axes[1][0].text(0.5, 0.5, "No ablation run written yet", ha="center", va="center", color="gray")
     weak = [n for n in ("teacher", "cold start (SFT)", "sft", "gkd", "dudi", "dudi + routing") if runs.get(n)]
     _bars(axes[1][1], weak, runs, WEAK_LANGUAGE, chance, f"Weak-teacher language ({WEAK_LANGUAGE}): exact match")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves_per_seed(runs: dict, path: Path) -> None:
+    """One panel per seed: every method's and control's eval curve from that seed's cold start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in (*METHOD_ORDER, "dudi + routing", KD_CONTROL, RKL_CONTROL) if runs.get(n)]
+    seeds = sorted({s for n in names for s in runs[n]})
+    if not seeds:
+        return
+    cold = runs["cold start (SFT)"]
+    columns = min(len(seeds), 3)
+    rows = -(-len(seeds) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False, sharey=True)
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    for ax, seed in zip(axes.flat, seeds, strict=False):  # the grid may have spare panels
+        start = cold[seed]["accuracy"]["avg"] if seed in cold else None
+        for name in names:
+            record = runs[name].get(seed)
+            if not record or not record.get("curve"):
+                continue
+            steps = [p["step"] for p in record["curve"]]
+            values = [p["avg"] for p in record["curve"]]
+            if start is not None:
+                steps, values = [0, *steps], [start, *values]
+            ax.plot(steps, values, marker=".", color=colors[name], label=name, linewidth=2.2 if name == "dudi" else 1.1)
+        ax.set_title(f"seed {seed}", fontsize=10)
+        ax.set_xlabel("distillation step")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(seeds) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("avg exact match (%)")
+    legend = {}
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(list(legend.values()), list(legend), loc="lower right", fontsize=8)
+    fig.suptitle("Eval curves per seed (step 0: the seed's cold start)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

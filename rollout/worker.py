@@ -55,6 +55,9 @@ class RolloutWorker:
             enforce_eager=config.enforce_eager,
             max_logprobs=config.max_logprobs,
             worker_extension_cls="rollout.weight_receiver.WeightReceiver",
+            # A weight push reloads a checkpoint file in place on every step: with the engine in this actor,
+            # vLLM's per-load progress bar would print three lines per step into the driver's output.
+            use_tqdm_on_load=False,
         )
         self.config = config
         self.policy_version = policy_version
