@@ -159,6 +159,29 @@ def check_same_config(run_dir: Path, config: dict) -> None:
         )
 
 
+# What a run appends to or resumes from in its directory (its stage exports, `<run>/<stage>/`, are overwritten).
+RUN_RECORDS = ("metrics.jsonl", "ledger.jsonl", "tensorboard", "checkpoints")
+
+
+def set_aside_earlier_run(run_dir: Path, stamp: str) -> Path | None:
+    """A fresh run (no --resume) in a directory an earlier run wrote: that run's logs, ledger, TensorBoard events and
+    resume checkpoints move to `<run>/earlier/<stamp>/`, so the new run's records hold it alone (appended, two runs'
+    steps would interleave in one log and one TensorBoard curve) and `--resume` cannot continue the earlier run's
+    state with the new run's ledger. Nothing is deleted. Returns where they went (None: nothing to set aside)."""
+    present = [run_dir / name for name in RUN_RECORDS if (run_dir / name).exists()]
+    if not present:
+        return None
+    target = run_dir / "earlier" / stamp
+    suffix = 1
+    while target.exists():  # two fresh starts within one second
+        suffix += 1
+        target = run_dir / "earlier" / f"{stamp}-{suffix}"
+    target.mkdir(parents=True)
+    for path in present:
+        path.rename(target / path.name)
+    return target
+
+
 def truncate_lines(path: Path, lines: int) -> None:
     """Drops what a crashed run logged after its last checkpoint, so the resumed run's log has each step once."""
     if not path.is_file():

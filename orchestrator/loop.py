@@ -125,6 +125,13 @@ class Trainer:
             # What the crashed run logged after its checkpoint is logged again by the resumed one.
             checkpoints.truncate_lines(self.run_dir / "metrics.jsonl", state.metrics_lines)
             checkpoints.truncate_lines(self.run_dir / "ledger.jsonl", state.ledger_lines)
+        else:
+            earlier = checkpoints.set_aside_earlier_run(self.run_dir, time.strftime("%Y%m%d-%H%M%S"))
+            if earlier is not None:
+                self._say(
+                    f"[run] {self.run_dir} held an earlier run: its logs and checkpoints are now in {earlier} "
+                    "(continue a run with --resume instead)"
+                )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(_dump_yaml(cfg))
         self.tokenizer = load_tokenizer(cfg.models.student, cfg.models.end_of_turn)

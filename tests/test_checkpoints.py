@@ -69,3 +69,24 @@ def test_a_resume_refuses_settings_that_shape_training_but_not_where_it_runs(tmp
     changed = {**before, "seed": 1, "distill": {"steps": 4, "lr": 0.02}}
     with pytest.raises(ResumeError, match=r"differs .* in distill\.lr, seed;"):
         checkpoints.check_same_config(tmp_path, changed)
+
+
+def test_a_fresh_run_sets_an_earlier_runs_records_aside_and_keeps_its_exports(tmp_path):
+    run_dir = tmp_path / "demo"
+    (run_dir / "checkpoints" / "distill-000002").mkdir(parents=True)
+    (run_dir / "tensorboard" / "distill").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run_dir / "ledger.jsonl").write_text('{"step": 1}\n')
+    (run_dir / "distill").mkdir()  # a stage's HF export: the new run overwrites it, another run may be reading it
+    (run_dir / "distill" / "config.json").write_text("{}")
+
+    moved = checkpoints.set_aside_earlier_run(run_dir, "20261127-150000")
+    assert moved == run_dir / "earlier" / "20261127-150000"
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "ledger.jsonl", "metrics.jsonl", "tensorboard"]
+    assert (moved / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert not any((run_dir / name).exists() for name in checkpoints.RUN_RECORDS)
+    assert (run_dir / "distill" / "config.json").is_file()
+
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')  # a second fresh start in the same second
+    assert checkpoints.set_aside_earlier_run(run_dir, "20261127-150000") == run_dir / "earlier" / "20261127-150000-2"
+    assert checkpoints.set_aside_earlier_run(run_dir, "20261127-150001") is None  # nothing left to set aside

@@ -89,6 +89,14 @@ def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(
     names = [p.name for p in (cfg.run_dir / "checkpoints").iterdir()]
     assert sorted(names) == ["distill-000002", "distill-000004-end"]  # keep_last = 2
 
+    # Started again without --resume: a new run, whose logs and ledger do not continue the earlier one's.
+    fresh = Trainer(cfg, False, shared_rollout)
+    fresh.close()
+    [earlier] = (cfg.run_dir / "earlier").iterdir()
+    assert [step for step, _ in _losses(earlier)] == [1, 2, 3, 4] and (earlier / "checkpoints").is_dir()
+    assert (cfg.run_dir / "metrics.jsonl").read_text() == "" and fresh.samples_trained == 0
+    assert not (cfg.run_dir / "checkpoints").exists() and (cfg.run_dir / "distill" / "model.safetensors").is_file()
+
 
 def test_an_ema_teacher_is_restored_on_resume(run, shared_rollout, tiny_world, serve_port, tmp_path, monkeypatch):
     """SDFT scores with an EMA of the student: the resumed run's teacher must hold the EMA of the checkpoint,
