@@ -72,6 +72,7 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
                 "gkd": base + 5,
                 "dudi": base + 5,
                 "dudi + routing": base + 5,
+                "dudi + routing, every 40 steps": base + 15,
                 "dudi, jsd": base + 5,
                 compare.KD_CONTROL: base,
                 compare.RKL_CONTROL: base - 3,
@@ -90,6 +91,7 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
     assert "Ordering here: dudi 41.7 > gkd 41.7 > sft 36.7" in report or "gkd 41.7 > dudi 41.7" in report
     # The weak-teacher language: Burmese is 10 points under the others for every run.
     assert "| teacher | **80.0** [80.0, 80.0] | 90.0 | 5 |" in report
+    assert line("| dudi + routing, every 40 steps | dudi |").endswith("better (significant) |")  # +10 on every seed
     assert "## Control: the KD machinery against SFT" in report
     assert line(f"| sft | {compare.KD_CONTROL} |").endswith("no significant difference |")
     assert line(f"| {compare.KD_CONTROL} | {compare.RKL_CONTROL} |").endswith("better (significant) |")
