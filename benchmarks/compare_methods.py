@@ -308,7 +308,12 @@ def paired(runs: dict, a: str, b: str, key: str = "avg") -> dict | None:
     }
 
 
+MIN_SEEDS_TO_CALL = 3  # over two seeds the bootstrap interval is just the two differences
+
+
 def verdict(test: dict) -> str:
+    if test["seeds"] < MIN_SEEDS_TO_CALL:
+        return f"not called ({test['seeds']} seeds)"
     d = test["diff"]
     if d.low > 0 and test["aso_a_better"] < 0.5:
         return "better (significant)"
@@ -392,7 +397,8 @@ def write_report(out: Path, command: str) -> None:
         "",
         "Paired bootstrap of the per-seed difference of avg exact match (10,000 resamples) and Almost Stochastic "
         "Order (the paper's test, `deepsig`; ε_min < 0.5: A is almost stochastically better). A difference is "
-        "called significant when the bootstrap interval excludes 0 and ASO agrees.",
+        "called significant when the bootstrap interval excludes 0 and ASO agrees, over at least "
+        f"{MIN_SEEDS_TO_CALL} seeds.",
         "",
         comparison_table(runs, [("dudi", m) for m in METHOD_ORDER if m != "dudi"]),
         "",

@@ -120,6 +120,15 @@ def test_report_flags_runs_written_under_different_budgets(compare, tmp_path, mo
     assert "written under 2 different budgets" in (tmp_path / "compare_methods.md").read_text()
 
 
+def test_two_seeds_are_tested_but_not_called(compare, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "ASO_ITERATIONS", 100)
+    for seed, offset in enumerate([-4, 2]):
+        write_seed(compare, tmp_path / "compare", seed, {"sft": 40.0 + offset, "dudi": 50.0 + offset})
+    compare.write_report(tmp_path, "--seeds 0 1")
+    row = next(r for r in (tmp_path / "compare_methods.md").read_text().splitlines() if r.startswith("| dudi | sft |"))
+    assert "| +10.0 | [+10.0, +10.0] |" in row and row.endswith("| 2 | not called (2 seeds) |")
+
+
 def test_a_run_is_reused_only_under_the_same_budget(compare):
     from orchestrator.config import load_config
 
