@@ -77,6 +77,7 @@ ABLATION_TABLES = {
     ),
 }
 CURVES_PNG = "compare_methods_curves.png"
+CURVE_RUNS = (*METHOD_ORDER, *ROUTED, KD_CONTROL, RKL_CONTROL)  # the runs of the curves table and per-seed figure
 PAPER_TABLE_2 = {"dudi": 10.1, "dft": 9.7, "spin": 9.5, "gkd": 9.0, "sft": 8.6, "seqkd": 6.1, "sdft": 3.6}
 PAPER_ABLATIONS = [  # (better, worse) as the paper reports them
     ("dudi, rkl", "dudi, jsd"),
@@ -412,7 +413,7 @@ def write_report(out: Path, command: str) -> None:
         "decays to 0 on a cosine, so every curve flattens at the end by construction; a run that still gains in "
         "its last stretch was still learning when its budget ended, and a longer budget may change its place.",
         "",
-        curves_table(runs, [*METHOD_ORDER, *ROUTED, KD_CONTROL, RKL_CONTROL]),
+        curves_table(runs, list(CURVE_RUNS)),
         "",
         f"## The weak-teacher language ({WEAK_LANGUAGE}) and per-language routing",
         "",
@@ -593,7 +594,7 @@ def plot_curves_per_seed(runs: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in (*METHOD_ORDER, *ROUTED, KD_CONTROL, RKL_CONTROL) if runs.get(n)]
+    names = [n for n in CURVE_RUNS if runs.get(n)]
     seeds = sorted({s for n in names for s in runs[n]})
     if not seeds:
         return
