@@ -173,6 +173,11 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
     if known is not None and known.get("cold_start_budget") != budget(planned, "cold_start"):
         print(f"=== seed {seed}: the cold start was written with another budget; training it again ===")
         known = None
+    if known is not None and world_changed(known, world_facts(planned)):
+        raise SystemExit(
+            f"seed {seed}: the bench world on disk is not the one its written runs used (manifest.json differs); "
+            f"build it from this checkout with `dudi tiny-world --size bench`, or move {seed_out} aside"
+        )
     have_checkpoint = known is not None and Path(known["checkpoint"], "config.json").is_file()
     cfg = load_config(
         base,
@@ -193,6 +198,8 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
             print(f"=== seed {seed}: cold start reused from {cold_start} ===", flush=True)
         else:
             cold_start = owner.run_stage("cold_start", cfg.cold_start, COLD_START_OBJECTIVE, cfg.models.student)
+            if known is not None:  # the record outlived its checkpoint (a new checkout, a cleaned runs dir)
+                check_retrained_cold_start(seed, known, owner.result.accuracy["cold start (SFT)"], seed_out)
             known = {
                 "seed": seed,
                 "checkpoint": cold_start,
@@ -214,6 +221,28 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
             write_report(out.parent, " ".join(sys.argv[1:]))
     finally:
         owner.close()
+
+
+def world_changed(recorded: dict, world: dict) -> bool:
+    """Whether the bench world on disk differs from the one a seed's written runs used (its build time aside)."""
+
+    def facts(manifest: dict) -> dict:
+        return {k: v for k, v in manifest.items() if k != "build_seconds"}
+
+    return bool(recorded.get("world")) and facts(recorded["world"]) != facts(world)
+
+
+def check_retrained_cold_start(seed: int, recorded: dict, accuracy: dict, results: Path) -> None:
+    """The runs already written for a seed were paired on its recorded cold start; a retrained one (its checkpoint
+    lost with a new checkout or a cleaned runs dir) may stand in only if it is the same model. Training from the same
+    world and seed on CPU repeats itself; equal exact match on every eval row of every language is the check."""
+    if accuracy != recorded["cold_start"]:
+        raise SystemExit(
+            f"seed {seed}: the cold start was trained again (its checkpoint {recorded['checkpoint']} is gone) and "
+            f"scores {accuracy}, not the recorded {recorded['cold_start']}; the seed's written runs started from "
+            f"the recorded one. Restore that checkpoint, or move {results} aside to run the seed anew."
+        )
+    print(f"=== seed {seed}: cold start trained again; it scores exactly as recorded, so the written runs pair ===")
 
 
 # --- reading the results ----------------------------------------------------------------------------------------

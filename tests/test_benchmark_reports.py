@@ -149,3 +149,18 @@ def test_runs_are_named_by_file_safe_slugs(compare):
     slugs = [compare.slug(name) for name in names]
     assert len(set(slugs)) == len(names) and all(s.replace("_", "").isalnum() for s in slugs)
     assert compare.slug("dudi, λ=0.5") == "dudi_lambda_0_5"
+
+
+def test_a_retrained_cold_start_stands_in_only_if_it_scores_exactly_as_recorded(compare, tmp_path, capsys):
+    recorded = {"checkpoint": "/gone", "cold_start": {"en": 20.0, "my": 11.0, "avg": 15.5}}
+    compare.check_retrained_cold_start(0, recorded, {"en": 20.0, "my": 11.0, "avg": 15.5}, tmp_path)
+    assert "scores exactly as recorded" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"scores .* not the recorded .* move .* aside"):
+        compare.check_retrained_cold_start(0, recorded, {"en": 20.0, "my": 11.5, "avg": 15.75}, tmp_path)
+
+
+def test_a_seed_written_on_another_world_is_told_apart(compare):
+    world = {"teacher_final_loss": 0.0123, "chance_exact_match": 1.1, "build_seconds": 1200}
+    assert not compare.world_changed({"world": world}, {**world, "build_seconds": 900})
+    assert compare.world_changed({"world": world}, {**world, "teacher_final_loss": 0.0124})
+    assert not compare.world_changed({}, world)  # records from before the manifest was kept
