@@ -4,7 +4,9 @@ Weights arrive in one of two ways:
 - `receive_weights(path)`: safetensors files in a directory on this node (the same-node path through /dev/shm);
 - `receive_broadcast()`: bucket by bucket over a process group with the learner's rank 0 (gloo on CPU), joined
   once with `join_weight_group`. Nothing touches a filesystem, so learner and engine may sit on different nodes.
-  Buckets stream into `reload_weights` as they arrive: the worker holds one bucket beside the model.
+  Buckets stream into `reload_weights` as they arrive, and the next bucket's receive is posted before the current
+  one is handed over, so gloo's thread takes in bucket i + 1 while vLLM loads and repacks bucket i: the worker
+  holds two buckets beside the model.
 
 With tied embeddings (no `lm_head.weight` in the checkpoint, e.g. Qwen2.5-0.5B), vLLM 0.32's layerwise
 in-place reload swaps in a new embedding tensor but puts the LM head's old tensor back, and on CPU the
@@ -59,10 +61,20 @@ class WeightReceiver:
 
         options = BroadcastOptions()
         options.rootRank = 0
-        for bucket in self._weight_buckets:
+
+        def post(bucket):
             sizes = [_nbytes(dtype, shape) for _, dtype, shape in bucket]
             buffer = torch.empty(sum(sizes), dtype=torch.uint8)
-            self._weight_group.broadcast([buffer], options).wait()
+            return self._weight_group.broadcast([buffer], options), buffer, sizes
+
+        buckets = self._weight_buckets
+        incoming = post(buckets[0]) if buckets else None
+        for index, bucket in enumerate(buckets):
+            work, buffer, sizes = incoming
+            work.wait()
+            # Broadcasts on one group complete in the order posted, as the learner posts them: the next one may
+            # run while this bucket is loaded.
+            incoming = post(buckets[index + 1]) if index + 1 < len(buckets) else None
             offset = 0
             for (name, dtype, shape), size in zip(bucket, sizes, strict=True):
                 raw = buffer[offset : offset + size]
