@@ -224,12 +224,17 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
 
 
 def world_changed(recorded: dict, world: dict) -> bool:
-    """Whether the bench world on disk differs from the one a seed's written runs used (its build time aside)."""
-
-    def facts(manifest: dict) -> dict:
-        return {k: v for k, v in manifest.items() if k != "build_seconds"}
-
-    return bool(recorded.get("world")) and facts(recorded["world"]) != facts(world)
+    """Whether the bench world on disk differs from the one a seed's written runs used. The teacher's final loss
+    fingerprints its whole training (data, seed, spec, arithmetic); spec fields added since a record was written
+    are not in it and are not compared; the build time is not a fact about the world."""
+    if not recorded.get("world"):
+        return False
+    before, now = recorded["world"], world
+    bookkeeping = {"build_seconds", "format_version", "spec"}
+    if any(before.get(k) != now.get(k) for k in (before.keys() | now.keys()) - bookkeeping):
+        return True
+    spec_before, spec_now = before.get("spec", {}), now.get("spec", {})
+    return any(spec_before[k] != spec_now[k] for k in spec_before.keys() & spec_now.keys())
 
 
 def check_retrained_cold_start(seed: int, recorded: dict, accuracy: dict, results: Path) -> None:

@@ -160,7 +160,12 @@ def test_a_retrained_cold_start_stands_in_only_if_it_scores_exactly_as_recorded(
 
 
 def test_a_seed_written_on_another_world_is_told_apart(compare):
-    world = {"teacher_final_loss": 0.0123, "chance_exact_match": 1.1, "build_seconds": 1200}
+    spec = {"seed": 0, "teacher_steps": 3000}
+    world = {"spec": spec, "teacher_final_loss": 0.0123, "chance_exact_match": 1.1, "build_seconds": 1200}
     assert not compare.world_changed({"world": world}, {**world, "build_seconds": 900})
     assert compare.world_changed({"world": world}, {**world, "teacher_final_loss": 0.0124})
+    assert compare.world_changed({"world": world}, {**world, "spec": {**spec, "teacher_steps": 1500}})
+    # A spec field added after the record was written is not compared; the teacher's loss still is.
+    newer = {**world, "spec": {**spec, "teacher_loss_every_position": True}}
+    assert not compare.world_changed({"world": world}, newer)
     assert not compare.world_changed({}, world)  # records from before the manifest was kept

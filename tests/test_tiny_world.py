@@ -9,6 +9,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from orchestrator.data import final_answer
 from orchestrator.tiny_world.build import TinyWorldSpec, build, spec_for, teacher_examples
 from orchestrator.tiny_world.task import (
@@ -82,8 +84,12 @@ def _digests(root: Path) -> dict[str, str]:
     }
 
 
-def test_the_same_seed_builds_the_same_files(tmp_path):
-    spec = TinyWorldSpec(train_per_language=12, eval_per_language=3, teacher_steps=2)
+# Both teacher losses: the bench world's (every position) and the demo's (response positions only).
+@pytest.mark.parametrize("every_position", [False, True])
+def test_the_same_seed_builds_the_same_files(tmp_path, every_position):
+    spec = TinyWorldSpec(
+        train_per_language=12, eval_per_language=3, teacher_steps=2, teacher_loss_every_position=every_position
+    )
     first = build(tmp_path / "a", spec, progress=lambda *_: None)
     second = build(tmp_path / "b", spec, progress=lambda *_: None)
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
@@ -117,3 +123,11 @@ def test_the_teachers_response_loss_is_the_models_own_loss():
     labels[0, 15:] = input_ids[0, 15:]
     expected = model(input_ids=input_ids, attention_mask=input_ids != 0, labels=labels).loss
     assert torch.allclose(response_loss(model, input_ids, labels, 0), expected, rtol=1e-5)
+
+
+def test_the_bench_world_keeps_the_teacher_loss_its_comparison_was_measured_on():
+    """The comparison's results (benchmarks/results/compare/) were measured on a bench teacher trained with
+    transformers' loss over every position; with the response-only head the same spec trains another teacher
+    (final loss 0.00024 instead of 0.000196), so a fresh clone would not rebuild the world they describe."""
+    assert spec_for("bench").teacher_loss_every_position
+    assert not spec_for("demo").teacher_loss_every_position

@@ -52,6 +52,11 @@ class TinyWorldSpec:
     # operation read the wrong way round (gives ↔ takes), in every kind of prompt. The student's data is correct.
     # (Showing it only 5% of the Burmese problems was not enough: it still scored 99.5% there.)
     weak_language: str | None = "my"
+    # The teacher's loss through transformers' own head over every position, instead of the head on response
+    # positions only (`response_loss`). Same value, other float rounding, so after thousands of steps another
+    # teacher: the bench world keeps the loss its comparison results were measured on (rebuilt with it, the
+    # teacher's final loss matched the recorded one to every digit; with the response-only head it did not).
+    teacher_loss_every_position: bool = False
 
 
 def spec_for(size: str, seed: int = 0) -> TinyWorldSpec:
@@ -61,7 +66,12 @@ def spec_for(size: str, seed: int = 0) -> TinyWorldSpec:
         return TinyWorldSpec(seed=seed)
     if size == "bench":
         return TinyWorldSpec(
-            seed=seed, train_per_language=1500, eval_per_language=200, teacher_steps=3000, teacher_layers=4
+            seed=seed,
+            train_per_language=1500,
+            eval_per_language=200,
+            teacher_steps=3000,
+            teacher_layers=4,
+            teacher_loss_every_position=True,
         )
     raise ValueError(f"tiny world size {size!r} is not demo or bench")
 
@@ -192,7 +202,11 @@ def train_teacher(model, tokenizer, pairs, spec: TinyWorldSpec, rng: random.Rand
     for _ in bar:
         batch = rng.choice(batches)
         input_ids, labels = _pad_for_lm(batch, tokenizer.pad_token_id)
-        loss = response_loss(model, input_ids, labels, tokenizer.pad_token_id)
+        if spec.teacher_loss_every_position:
+            attention_mask = input_ids != tokenizer.pad_token_id
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        else:
+            loss = response_loss(model, input_ids, labels, tokenizer.pad_token_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
