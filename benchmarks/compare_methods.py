@@ -437,7 +437,7 @@ def write_report(out: Path, command: str) -> None:
         "",
         comparison_table(runs, [("dudi", m) for m in METHOD_ORDER if m != "dudi"]),
         "",
-        "Ordering here: " + ordering(runs, list(PAPER_TABLE_2)),
+        *ordering_lines(runs, list(PAPER_TABLE_2)),
         "",
         "Ordering in the paper (avg over its benchmarks): " + " > ".join(f"{m} {v}" for m, v in PAPER_TABLE_2.items()),
         "",
@@ -528,9 +528,26 @@ def _ran(runs: dict) -> set[str]:
     return set(runs) - aliases
 
 
-def ordering(runs: dict, names: list[str]) -> str:
-    present = [(n, mean_interval(scores(runs[n])).mean) for n in names if runs.get(n)]
-    return " > ".join(f"{n} {v:.1f}" for n, v in sorted(present, key=lambda item: -item[1]))
+def ordering(runs: dict, names: list[str], seeds: list[int] | None = None) -> str:
+    """Runs by mean avg over their seeds (or over `seeds` only); each run's seed count where the counts differ."""
+    present = [(n, scores(runs[n], seeds=seeds)) for n in names if runs.get(n)]
+    present = [(n, v) for n, v in present if v]
+    counted = len({len(v) for _, v in present}) > 1
+    return " > ".join(
+        f"{n} {sum(v) / len(v):.1f}" + (f" ({len(v)} seed{'s' * (len(v) > 1)})" if counted else "")
+        for n, v in sorted(present, key=lambda item: -sum(item[1]) / len(item[1]))
+    )
+
+
+def ordering_lines(runs: dict, names: list[str]) -> list[str]:
+    """The ordering over each run's own seeds and, while some runs have fewer seeds than others, the ordering on
+    the seeds every run has (seed effects are larger than most gaps between methods: compare on the same seeds)."""
+    seed_sets = [set(runs[n]) for n in names if runs.get(n)]
+    lines = ["Ordering here (mean over each run's seeds): " + ordering(runs, names)]
+    shared = sorted(set.intersection(*seed_sets)) if seed_sets else []
+    if shared and any(len(s) > len(shared) for s in seed_sets):
+        lines += ["", f"Ordering on the seeds every method has ({shared}): " + ordering(runs, names, shared)]
+    return lines
 
 
 def curve_at(record: dict, step: int, key: str = "avg") -> float | None:

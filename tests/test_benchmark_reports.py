@@ -88,7 +88,9 @@ def test_report_gives_intervals_paired_tests_and_the_weak_language(compare, tmp_
     dudi_vs_sft = line("| dudi | sft |")
     assert "+5.0 | [+5.0, +5.0] | 0.000" in dudi_vs_sft and dudi_vs_sft.endswith("better (significant) |")
     assert line("| dudi | gkd |").endswith("no significant difference |")
-    assert "Ordering here: dudi 41.7 > gkd 41.7 > sft 36.7" in report or "gkd 41.7 > dudi 41.7" in report
+    ordered = line("Ordering here (mean over each run's seeds): ")
+    assert ordered.endswith(("dudi 41.7 > gkd 41.7 > sft 36.7", "gkd 41.7 > dudi 41.7 > sft 36.7"))
+    assert "Ordering on the seeds every method has" not in report  # every run has every seed
     # The weak-teacher language: Burmese is 10 points under the others for every run.
     assert "| teacher | **80.0** [80.0, 80.0] | 90.0 | 5 |" in report
     assert line("| dudi + routing, every 40 steps | dudi |").endswith("better (significant) |")  # +10 on every seed
@@ -127,6 +129,19 @@ def test_two_seeds_are_tested_but_not_called(compare, tmp_path, monkeypatch):
     compare.write_report(tmp_path, "--seeds 0 1")
     row = next(r for r in (tmp_path / "compare_methods.md").read_text().splitlines() if r.startswith("| dudi | sft |"))
     assert "| +10.0 | [+10.0, +10.0] |" in row and row.endswith("| 2 | not called (2 seeds) |")
+
+
+def test_the_ordering_is_also_given_on_the_seeds_every_method_has(compare, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "ASO_ITERATIONS", 100)
+    # SFT on two seeds, DFT on the first only: seed 1 is the easy seed, so over their own seeds SFT looks ahead,
+    # while on seed 0, which both have, DFT is.
+    write_seed(compare, tmp_path / "compare", 0, {"sft": 40.0, "dft": 45.0})
+    write_seed(compare, tmp_path / "compare", 1, {"sft": 60.0})
+    compare.write_report(tmp_path, "--seeds 0 1")
+    report = (tmp_path / "compare_methods.md").read_text()
+    # avg = v − 10/3: SFT 46.7 over seeds 0 and 1, 36.7 on seed 0; DFT 41.7.
+    assert "Ordering here (mean over each run's seeds): sft 46.7 (2 seeds) > dft 41.7 (1 seed)" in report
+    assert "Ordering on the seeds every method has ([0]): dft 41.7 > sft 36.7" in report
 
 
 def test_a_run_is_reused_only_under_the_same_budget(compare):
