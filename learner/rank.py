@@ -124,9 +124,7 @@ class LearnerRank:
         self.pad_id = pad_id
         if self.ema_decay is not None:
             # Every rank iterates (the gathers are collective under ZeRO-3); only rank 0's buckets hold tensors.
-            # A copy in float32: the buckets' tensors are views of the live weights (float() of float32 is the same
-            # tensor), and the EMA is updated in place.
-            ema = {spec.name: t.to(torch.float32, copy=True) for bucket in self._buckets() for spec, t in bucket}
+            ema = {spec.name: t.float() for bucket in self._buckets() for spec, t in bucket}
             self.ema = ema if self.rank == 0 else None
         return sum(p.numel() for p in model.parameters())
 

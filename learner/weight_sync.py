@@ -1,6 +1,6 @@
 """Learner rank 0 → other processes: the full weights, gathered and sent bucket by bucket.
 
-Two ways out, both fed by `gathered_buckets` (under ZeRO-3 each bucket's parameters are gathered, sent and
+Two ways out, both fed by `gathered_buckets` (under ZeRO-3 each bucket's parameters are gathered, copied and
 released before the next bucket: the whole model is never gathered at once):
 - `write_files`: one safetensors file per bucket in a directory (the same-node path through /dev/shm);
 - `WeightBroadcaster`: a process group (gloo on CPU) between rank 0 and every consumer process, which needs no
@@ -44,21 +44,25 @@ def plan_buckets(module, bucket_bytes: int) -> list[list[TensorSpec]]:
 def gathered_buckets(
     module, buckets: list[list[TensorSpec]], zero3: bool, copy: bool = True
 ) -> Iterator[list[tuple[TensorSpec, torch.Tensor]]]:
-    """Each bucket's full parameters on the CPU. Under ZeRO-3 every rank must iterate (gathering is collective);
-    each bucket is released before the next one is gathered. `copy=False` (ranks that only take part in the
-    gathers) yields empty buckets.
+    """Full CPU copies of each bucket's parameters. Under ZeRO-3 every rank must iterate (gathering is
+    collective); each bucket is released before the next one is gathered. `copy=False` (ranks that only take part
+    in the gathers) yields empty buckets.
 
-    The tensors are valid until the next bucket is asked for: parameters already on the CPU come as views of the
-    live (or gathered) weights, not copies, because every consumer (a file write, a flattened send buffer, a
-    digest, the EMA) makes its own copy or only reads. A 0.5B model's extra copy cost a memcpy of 1.9 GB per
-    sync."""
+    Copies, not views of the live weights, although today's consumers copy again or only read: views would hold
+    every consumer to finishing with a bucket before asking for the next (the EMA, which keeps what it is given,
+    would alias the weights). Sending views saved about 0.1 s of a 4-5 s sync for Qwen2.5-0.5B's shape on two
+    cores, within noise (`benchmarks/weight_sync.py`, three runs back to back)."""
     import deepspeed
 
     params = dict(module.named_parameters())
     for bucket in buckets:
         members = [params[spec.name] for spec in bucket]
         with deepspeed.zero.GatheredParameters(members, modifier_rank=None, enabled=zero3):
-            yield [(spec, p.detach().to("cpu").contiguous()) for spec, p in zip(bucket, members, strict=True) if copy]
+            yield [
+                (spec, p.detach().to("cpu", copy=True).contiguous())
+                for spec, p in zip(bucket, members, strict=True)
+                if copy
+            ]
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
