@@ -530,12 +530,11 @@ def _ran(runs: dict) -> set[str]:
 
 def ordering(runs: dict, names: list[str], seeds: list[int] | None = None) -> str:
     """Runs by mean avg over their seeds (or over `seeds` only); each run's seed count where the counts differ."""
-    present = [(n, scores(runs[n], seeds=seeds)) for n in names if runs.get(n)]
-    present = [(n, v) for n, v in present if v]
-    counted = len({len(v) for _, v in present}) > 1
+    by_name = {n: scores(runs[n], seeds=seeds) for n in names if runs.get(n)}
+    present = sorted(((sum(v) / len(v), len(v), n) for n, v in by_name.items() if v), key=lambda item: -item[0])
+    counted = len({count for _, count, _ in present}) > 1
     return " > ".join(
-        f"{n} {sum(v) / len(v):.1f}" + (f" ({len(v)} seed{'s' * (len(v) > 1)})" if counted else "")
-        for n, v in sorted(present, key=lambda item: -sum(item[1]) / len(item[1]))
+        f"{n} {mean:.1f}" + (f" ({count} seed{'s' * (count > 1)})" if counted else "") for mean, count, n in present
     )
 
 
