@@ -37,7 +37,11 @@ ROUTING = ["routing.enabled=true", "routing.below_margin=off", "routing.min_marg
 # 1 the teacher scored 8 of 100, the student 6, so my's KD stayed on. Measuring the student again every 40 steps
 # switches it off once the student has passed the teacher there.
 ROUTING_AGAIN = [*ROUTING, "routing.every_steps=40"]
-ROUTED = ("dudi + routing", "dudi + routing, every 40 steps")
+# The teacher measured on each KD term's own prompt: on the crosslingual z, which holds the demonstration, the bench
+# teacher reads my at 89% greedy (5% on x; `benchmarks/results/self_teacher_prompts.md`), so my's On-KD stays on
+# while its Off-KD (the misreading) is off.
+ROUTING_PER_TERM = [*ROUTING, "routing.per_term=true"]
+ROUTED = ("dudi + routing", "dudi + routing, every 40 steps", "dudi + routing per KD term")
 KD_CONTROL = "off-KD only, FKL (control)"
 KD_CONTROL_FIELDS = ["learner.objective.lam=0", "learner.objective.alpha=0", "learner.objective.divergence=fkl"]
 # The same with DuDi's divergence: to a one-hot teacher reverse KL has the same optimum as cross-entropy, but its
@@ -48,7 +52,11 @@ RKL_CONTROL_FIELDS = ["learner.objective.lam=0", "learner.objective.alpha=0", "l
 # cut short still has them.
 GROUPS = {
     "core": [(m, [f"method={m}"]) for m in ("dudi", "sft", "gkd")],
-    "routing": [(ROUTED[0], ["method=dudi", *ROUTING]), (ROUTED[1], ["method=dudi", *ROUTING_AGAIN])],
+    "routing": [
+        (ROUTED[0], ["method=dudi", *ROUTING]),
+        (ROUTED[1], ["method=dudi", *ROUTING_AGAIN]),
+        (ROUTED[2], ["method=dudi", *ROUTING_PER_TERM]),
+    ],
     # With a near one-hot teacher, forward KL on (x, y) alone is cross-entropy to the teacher's argmax: it should
     # track SFT except where the teacher is wrong. It separates "the KD machinery" from "DuDi's choice of terms".
     "controls": [
@@ -453,7 +461,9 @@ def write_report(out: Path, command: str) -> None:
         "",
         f"Exact match on {WEAK_LANGUAGE} only. `{ROUTED[0]}`: {' '.join(ROUTING)} (teacher and student measured on "
         "the held-out rows at the start of distillation; a language where the teacher does not lead the student gets "
-        f"KD weight 0). `{ROUTED[1]}`: the same, with the student measured again every 40 steps.",
+        f"KD weight 0). `{ROUTED[1]}`: the same, with the student measured again every 40 steps. `{ROUTED[2]}`: "
+        "the same rule for each KD term, with the teacher measured on the prompt that term shows it (Off-KD: x; "
+        "On-KD: the crosslingual z, which holds the demonstration; `routing.per_term=true`).",
         "",
         weak_language_table(runs),
         "",

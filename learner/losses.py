@@ -56,12 +56,14 @@ def compute_loss(
         add("spin", cfg.alpha, spin)
         metrics.update(spin_metrics)
     if cfg.uses_off_kd:
-        off_kd, overlap = _kd_term(cfg, chosen_states, batch.chosen_teacher, chosen, batch.kd_weights)
+        off_kd, overlap = _kd_term(cfg, chosen_states, batch.chosen_teacher, chosen, batch.off_kd_weights)
         add("off_kd", cfg.kd_weight * (1 - cfg.lam), off_kd)
         metrics["diag/topk_overlap_off"] = overlap
     if cfg.uses_on_kd:
         on_policy = pack(batch.on_policy, pad_id)
-        on_kd, overlap = _kd_term(cfg, policy_forward(on_policy), batch.on_policy_teacher, on_policy, batch.kd_weights)
+        on_kd, overlap = _kd_term(
+            cfg, policy_forward(on_policy), batch.on_policy_teacher, on_policy, batch.on_kd_weights
+        )
         add("on_kd", cfg.kd_weight * cfg.lam, on_kd)
         metrics["diag/topk_overlap_on"] = overlap
     metrics["loss/total"] = total.item()

@@ -60,9 +60,9 @@ class TrainBatch:
     chosen_teacher: list[TeacherScores] | None = None
     on_policy_teacher: list[TeacherScores] | None = None
     policy_versions: list[int] = field(default_factory=list)
-    # Per row (prompt), a factor on its KD terms, off- and on-policy alike (per-language teacher routing);
-    # None: 1 everywhere.
-    kd_weights: list[float] | None = None
+    # Per row (prompt), a factor on each KD term (per-language teacher routing); None: 1 everywhere.
+    off_kd_weights: list[float] | None = None
+    on_kd_weights: list[float] | None = None
 
     def shard(self, rank: int, world: int) -> TrainBatch:
         def pick(items):
@@ -75,7 +75,8 @@ class TrainBatch:
             chosen_teacher=pick(self.chosen_teacher),
             on_policy_teacher=pick(self.on_policy_teacher),
             policy_versions=self.policy_versions,
-            kd_weights=pick(self.kd_weights),
+            off_kd_weights=pick(self.off_kd_weights),
+            on_kd_weights=pick(self.on_kd_weights),
         )
 
 

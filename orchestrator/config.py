@@ -215,6 +215,11 @@ class RoutingConfig(BaseModel):
         "deployed as its own Serve app beside models.teacher.",
     )
     every_steps: int = Field(0, ge=0, description="Measure the student again every N distillation steps (0: once).")
+    per_term: bool = Field(
+        False,
+        description="Also measure the teacher on the prompt On-KD shows it (the verbalizer's z, which holds the "
+        "demonstration) and weight On-KD by that; Off-KD keeps the measurement on x. Off: x sets both.",
+    )
 
     @model_validator(mode="after")
     def _other_teacher_named(self) -> RoutingConfig:

@@ -31,9 +31,17 @@ def evaluate_checkpoint(
     config: RolloutConfig, model_path: str, rows: list[Example], max_new_tokens: int, seed: int = 0
 ) -> dict[str, float]:
     """Greedy eval of any HF checkpoint on a single vLLM worker of its own, released afterwards."""
+    return evaluate_checkpoint_on(config, model_path, {"rows": rows}, max_new_tokens, seed)["rows"]
+
+
+def evaluate_checkpoint_on(
+    config: RolloutConfig, model_path: str, row_sets: dict[str, list[Example]], max_new_tokens: int, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """{name: scores} for several sets of rows on one engine: an engine costs 20-40 s to start on CPU."""
     group = RolloutGroup(config, model_path, seed, num_workers=1)
     try:
-        return evaluate(group, load_tokenizer(model_path), rows, max_new_tokens)
+        tokenizer = load_tokenizer(model_path)
+        return {name: evaluate(group, tokenizer, rows, max_new_tokens) for name, rows in row_sets.items()}
     finally:
         group.shutdown()
 

@@ -26,7 +26,7 @@ from learner.types import TrainBatch
 from orchestrator import checkpoints, routing, steps
 from orchestrator.config import RunConfig, StageConfig
 from orchestrator.data import DataError, load_examples
-from orchestrator.evaluate import evaluate, evaluate_checkpoint, format_table
+from orchestrator.evaluate import evaluate, evaluate_checkpoint, evaluate_checkpoint_on, format_table
 from orchestrator.metrics import Ledger, MetricsLogger, read_ledger
 from orchestrator.placement import Placement
 from orchestrator.report import write_results_png
@@ -149,9 +149,10 @@ class Trainer:
             self.train_rows, self.routing_rows = routing.hold_out(
                 self.train_rows, cfg.routing.rows_per_language, cfg.seed
             )
-        self.kd_weight_by_language: dict[str, float] | None = None  # per-language routing, once measured
-        self.routing_metrics: dict[str, float] = {}
-        self._routing_teacher: dict[str, float] | None = None
+        self.route: routing.Decision | None = None  # per-language routing, once measured
+        # The teacher's exact match on the held-out rows as Off-KD shows them (x) and, with routing.per_term,
+        # as On-KD does (z); measured once per run.
+        self._routing_teacher: tuple[dict[str, float], dict[str, float] | None] | None = None
         self.metrics = MetricsLogger(self.run_dir, resume_after=self._steps_kept_on_resume(), run_name=cfg.name)
         self.ledger = Ledger(self.run_dir)
         self.samples_trained = sum(len(e["samples"]) for e in read_ledger(self.ledger.path))  # > 0 on a resume
@@ -163,7 +164,6 @@ class Trainer:
         self.policy_sync: PolicySync | None = None
         self.teacher: TeacherClient | None = None
         self.other_teacher: TeacherClient | None = None  # routing.below_margin=other_teacher
-        self.other_teacher_languages: set[str] = set()
         self.teacher_responses: dict[str, list[int]] = {}  # SeqKD: prompt → ŷ ~ π_T(·|x)
         self.version = 0  # the newest policy version pushed to the rollout workers
         self._stage_first_version = 0
@@ -410,7 +410,7 @@ class Trainer:
                 metrics["time/learner_wait_fraction"] = wait_s / learner_time if learner_time > 0 else 0.0
                 self.samples_trained += len(prepared.sample_ids)
                 metrics["samples/trained"] = float(self.samples_trained)
-                metrics.update(self.routing_metrics)
+                metrics.update(self.route.metrics if self.route is not None else {})
                 self.metrics.log(name, step, metrics)
                 self.ledger.record(
                     name, step, self.learner_steps - 1, prepared.sample_ids, prepared.batch.policy_versions
@@ -478,8 +478,9 @@ class Trainer:
             )
         scores = self._rank_and_score(kd, lap, [r.lang for r in rows])
         batch = steps.assemble_batch(prompts, rejected, kd, scores)
-        if self.kd_weight_by_language is not None and objective.uses_teacher:
-            batch.kd_weights = [self.kd_weight_by_language.get(r.lang, 1.0) for r in rows]
+        if self.route is not None and objective.uses_teacher:
+            batch.off_kd_weights = [self.route.weights["off"].get(r.lang, 1.0) for r in rows]
+            batch.on_kd_weights = [self.route.weights["on"].get(r.lang, 1.0) for r in rows]
         if self.teacher is not None:
             timings["teacher/retries"] = float(self.teacher.retries)  # so far in the stage
             timings["teacher/replica_restarts"] = float(self.teacher.replica_restarts())
@@ -497,21 +498,22 @@ class Trainer:
         if not kd.items():
             return {}
         top_k = self.teacher.student_top_k
-        routed = [lang in self.other_teacher_languages for lang in languages]
 
-        def score(sequences: steps.KdSequences):
+        def score(term: str, sequences: steps.KdSequences):
+            to_other = self.route.to_other[term] if self.route is not None else set()
+            routed = [lang in to_other for lang in languages]
             if self.other_teacher is None or not any(routed):
                 return self.teacher.score(sequences)
             return RoutedScores(self.teacher, self.other_teacher, sequences, routed)
 
         unranked = {k: s for k, s in kd.items() if top_k > 0 and s.student_top_ids is None}
-        pending = {k: score(s) for k, s in kd.items() if k not in unranked}
+        pending = {k: score(k, s) for k, s in kd.items() if k not in unranked}
         if unranked:
             ranked = self.rollout.rank_ids([r for s in unranked.values() for r in s.rank_requests()], top_k)
             for s in unranked.values():
                 s.student_top_ids, ranked = ranked[: len(s.responses)], ranked[len(s.responses) :]
             lap("rank")
-            pending.update({k: score(s) for k, s in unranked.items()})
+            pending.update({k: score(k, s) for k, s in unranked.items()})
         scores = {k: p.result() for k, p in pending.items()}
         lap("score")
         return scores
@@ -555,28 +557,52 @@ class Trainer:
 
     def _route(self, stage: str) -> None:
         """Measures the teacher (once) and the student on the held-out rows per language, and sets each language's
-        KD weight by `routing`'s rule."""
+        weight for each KD term by `routing`'s rule."""
         self._measure_routing_teacher()
         student = evaluate(self.rollout, self.tokenizer, self.routing_rows, self.cfg.eval.max_new_tokens)
-        self.kd_weight_by_language = routing.kd_weights(self._routing_teacher, student, self.cfg.routing)
-        self.other_teacher_languages = routing.other_teacher_languages(self._routing_teacher, student, self.cfg.routing)
-        self.routing_metrics = routing.routing_metrics(
-            self.kd_weight_by_language, self._routing_teacher, student, self.other_teacher_languages
-        )
-        self._say(
-            f"[{stage}] routing (KD weight, teacher vs student exact match): "
-            + ", ".join(
-                f"{lang} {w:g}{' → other teacher' if lang in self.other_teacher_languages else ''} "
-                f"({self._routing_teacher[lang]:.0f} vs {student[lang]:.0f})"
-                for lang, w in self.kd_weight_by_language.items()
-            )
-        )
+        teacher_on_x, teacher_on_z = self._routing_teacher
+        self.route = routing.decide(teacher_on_x, student, self.cfg.routing, teacher_on_z)
+
+        def term(name: str, lang: str, teacher: dict[str, float]) -> str:
+            other = " → other teacher" if lang in self.route.to_other[name] else ""
+            return f"{self.route.weights[name][lang]:g}{other} ({teacher[lang]:.0f} vs {student[lang]:.0f})"
+
+        if teacher_on_z is None:
+            said = [f"{lang} {term('off', lang, teacher_on_x)}" for lang in self.route.weights["off"]]
+            what = "KD weight, teacher vs student exact match"
+        else:
+            said = [
+                f"{lang} {term('off', lang, teacher_on_x)} / {term('on', lang, teacher_on_z)}"
+                for lang in self.route.weights["off"]
+            ]
+            what = "Off-KD / On-KD weight, teacher on x / on z vs student exact match"
+        self._say(f"[{stage}] routing ({what}): " + ", ".join(said))
 
     def _measure_routing_teacher(self) -> None:
-        """The teacher's exact match on the held-out rows, once per run, on a vLLM engine of its own."""
-        if self._routing_teacher is None:
-            self._say(f"[routing] measuring the teacher on {len(self.routing_rows)} held-out rows")
-            self._routing_teacher = self.evaluate_model_on(self.cfg.models.teacher, self.routing_rows)
+        """The teacher's exact match on the held-out rows, once per run, on a vLLM engine of its own: on x, and with
+        `routing.per_term` also on the z On-KD shows it (its random choices fixed by the run's seed)."""
+        if self._routing_teacher is not None:
+            return
+        row_sets = {"x": self.routing_rows}
+        if self._on_kd_shows_the_teacher_z():
+            row_sets["z"] = routing.as_the_teacher_sees_them(self.routing_rows, self._verbalizer(), self.cfg.seed)
+        self._say(
+            f"[routing] measuring the teacher on {len(self.routing_rows)} held-out rows ({' and '.join(row_sets)})"
+        )
+        scores = evaluate_checkpoint_on(
+            self.cfg.rollout, self.cfg.models.teacher, row_sets, self.cfg.eval.max_new_tokens, self.cfg.seed
+        )
+        self._routing_teacher = (scores["x"], scores.get("z"))
+
+    def _on_kd_shows_the_teacher_z(self) -> bool:
+        """Whether On-KD's teacher prompt differs from x, so that `routing.per_term` has a second prompt to measure."""
+        cfg = self.cfg
+        return (
+            cfg.routing.per_term
+            and cfg.objective.uses_on_kd
+            and cfg.recipe.on_kd_responses == "student"
+            and cfg.verbalizer.mode != "none"
+        )
 
     def _restore_workers(self, lost: list[int]) -> None:
         """Restarted rollout workers take the newest pushed weights (between two learner steps)."""

@@ -3,15 +3,23 @@
 The paper's teacher is weak on Burmese; a student distilled from it there learns its mistakes. At the start of
 distillation the orchestrator measures the teacher and the student per language on held-out training rows
 (`hold_out`), and `kd_weights` turns the two scores into a KD weight per language by the config's rule. Each
-training row then carries its language's weight (`TrainBatch.kd_weights`), which scales its tokens in both KD terms.
+training row then carries its language's weight for each KD term (`TrainBatch.off_kd_weights`, `on_kd_weights`).
+
+The teacher is measured on the prompt each term shows it. Off-KD shows it the plain prompt x. On-KD shows it the
+verbalizer's z, which contains the ground-truth demonstration, so a teacher that misreads x can still be right on z
+(the bench world's: 5% exact match in Burmese on x, 89% on crosslingual z). With `routing.per_term` each term is
+weighted by its own measurement; without it both take the one on x.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass, field, replace
 
 from orchestrator.config import RoutingConfig
+
+TERMS = ("off", "on")  # the KD terms: Off-KD on (x, y), On-KD on the student's samples
 
 
 def hold_out(rows: list, per_language: int, seed: int) -> tuple[list, list]:
@@ -55,15 +63,63 @@ def other_teacher_languages(teacher: dict[str, float], student: dict[str, float]
 
 
 def routing_metrics(
-    weights: dict[str, float], teacher: dict[str, float], student: dict[str, float], to_other: set[str] = frozenset()
+    weights: dict[str, float],
+    teacher: dict[str, float],
+    student: dict[str, float],
+    to_other: set[str] = frozenset(),
+    prefix: str = "",
 ) -> dict:
     """What is logged each step: per language, the KD weight, the two scores it came from, and (routing to
-    another teacher) whether that teacher scores the language."""
+    another teacher) whether that teacher scores the language. `prefix` names the term when the terms are
+    routed apart (`off_`, `on_`)."""
     metrics = {}
     for lang, weight in weights.items():
         if to_other:
-            metrics[f"routing/other_teacher_{lang}"] = float(lang in to_other)
-        metrics[f"routing/kd_weight_{lang}"] = weight
-        metrics[f"routing/teacher_em_{lang}"] = teacher[lang]
+            metrics[f"routing/{prefix}other_teacher_{lang}"] = float(lang in to_other)
+        metrics[f"routing/{prefix}kd_weight_{lang}"] = weight
+        metrics[f"routing/{prefix}teacher_em_{lang}"] = teacher[lang]
         metrics[f"routing/student_em_{lang}"] = student[lang]
     return metrics
+
+
+@dataclass
+class Decision:
+    """One measurement's outcome, per KD term: each language's weight and the languages the other teacher scores."""
+
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    to_other: dict[str, set[str]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def decide(
+    teacher: dict[str, float],
+    student: dict[str, float],
+    cfg: RoutingConfig,
+    teacher_on_z: dict[str, float] | None = None,
+) -> Decision:
+    """Each term's weights from the teacher's score on that term's prompt against the student's on x (the prompt it
+    is evaluated on). `teacher_on_z`: the teacher measured on On-KD's prompt z (`routing.per_term`, where On-KD
+    shows it z), which then sets On-KD's weights; logged per term (`routing/off_kd_weight_<lang>`,
+    `routing/on_kd_weight_<lang>`, ...). Without it one rule covers both terms (`routing/kd_weight_<lang>`)."""
+    decision = Decision()
+    by_term = {"off": teacher, "on": teacher if teacher_on_z is None else teacher_on_z}
+    for term in TERMS:
+        decision.weights[term] = kd_weights(by_term[term], student, cfg)
+        decision.to_other[term] = other_teacher_languages(by_term[term], student, cfg)
+        if teacher_on_z is not None or term == "off":
+            prefix = "" if teacher_on_z is None else f"{term}_"
+            logged = routing_metrics(decision.weights[term], by_term[term], student, decision.to_other[term], prefix)
+            decision.metrics.update(logged)
+    return decision
+
+
+def as_the_teacher_sees_them(rows: list, verbalizer, key: int) -> list:
+    """The rows with each prompt replaced by the teacher prompt z the verbalizer makes of it (the answer stays):
+    what On-KD shows the teacher. `key` fixes the verbalizer's random choices (crosslingual targets)."""
+    verbalizer.reseed(key)
+    return [
+        replace(
+            row, prompt=verbalizer(row.prompt, row.response, row.lang, row.prompt_en, row.response_en).teacher_prompt
+        )
+        for row in rows
+    ]

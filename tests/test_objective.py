@@ -274,16 +274,20 @@ def test_dudi_total_combines_the_three_terms():
     # With policy == reference the SPIN margin is 0, so the term is log 2.
     _, same = compute_loss(cfg, batch, forward, forward, pad_id=0)
     assert same["loss/spin"] == pytest.approx(math.log(2), rel=1e-6)
-    # Per-row KD weights (per-language routing): row 1 routed off adds nothing to either KD term, the mean still
-    # runs over every response token, and SPIN is untouched.
-    routed_batch = dataclasses.replace(batch, kd_weights=[1.0, 0.0])
+    # Per-row KD weights (per-language routing), one list per term: row 1's Off-KD routed off adds nothing to that
+    # term, the mean still runs over every response token, and On-KD and SPIN are untouched.
+    routed_batch = dataclasses.replace(batch, off_kd_weights=[1.0, 0.0])
     _, routed = compute_loss(cfg, routed_batch, forward, ref_forward, pad_id=0)
     assert routed["loss/off_kd"] == pytest.approx(sum(per_token[: len(y[0])]) / len(per_token), rel=1e-5)
-    assert routed["loss/on_kd"] < metrics["loss/on_kd"]
+    assert routed["loss/on_kd"] == pytest.approx(metrics["loss/on_kd"], rel=1e-6)
     assert routed["loss/spin"] == pytest.approx(metrics["loss/spin"], rel=1e-6)
-    halved = dataclasses.replace(batch, kd_weights=[0.5, 0.5])
+    halved = dataclasses.replace(batch, on_kd_weights=[0.5, 0.5])
     _, half = compute_loss(cfg, halved, forward, ref_forward, pad_id=0)
     assert half["loss/on_kd"] == pytest.approx(metrics["loss/on_kd"] / 2, rel=1e-5)
+    assert half["loss/off_kd"] == pytest.approx(metrics["loss/off_kd"], rel=1e-6)
+    both_off = dataclasses.replace(batch, off_kd_weights=[0.0, 0.0], on_kd_weights=[0.0, 0.0])
+    _, neither = compute_loss(cfg, both_off, forward, ref_forward, pad_id=0)
+    assert neither["loss/off_kd"] == 0.0 and neither["loss/on_kd"] == 0.0
 
 
 def test_missing_inputs_are_reported():

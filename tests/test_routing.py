@@ -36,6 +36,46 @@ def test_what_is_logged_per_language():
     assert len(logged) == 3 * 3  # three languages, three numbers each; no "avg"
 
 
+def test_without_per_term_one_measurement_weights_both_kd_terms():
+    decision = routing.decide(TEACHER, STUDENT, RoutingConfig(enabled=True, below_margin="off"))
+    assert decision.weights["off"] == decision.weights["on"] == {"en": 1.0, "my": 0.0, "th": 1.0}
+    assert decision.metrics == routing.routing_metrics(decision.weights["off"], TEACHER, STUDENT)
+
+
+def test_per_term_weights_on_kd_by_the_teacher_measured_on_its_own_prompt():
+    # The bench world's case: the teacher misreads Burmese on x but copies the demonstration z holds.
+    on_z = {"en": 95.0, "my": 89.0, "th": 50.0, "avg": 78.0}
+    rule = RoutingConfig(enabled=True, below_margin="off", per_term=True)
+    decision = routing.decide(TEACHER, STUDENT, rule, teacher_on_z=on_z)
+    assert decision.weights["off"] == {"en": 1.0, "my": 0.0, "th": 1.0}
+    assert decision.weights["on"] == {"en": 1.0, "my": 1.0, "th": 0.0}
+    logged = decision.metrics
+    assert logged["routing/off_kd_weight_my"] == 0.0 and logged["routing/on_kd_weight_my"] == 1.0
+    assert logged["routing/off_teacher_em_my"] == 20.0 and logged["routing/on_teacher_em_my"] == 89.0
+    assert logged["routing/student_em_my"] == 35.0
+    assert not any(key.startswith("routing/kd_weight_") for key in logged)
+    assert len(logged) == 3 * 5  # per language: two weights, two teacher scores, the student's score
+    to_other = RoutingConfig(enabled=True, below_margin="other_teacher", other_teacher="/m", per_term=True)
+    routed = routing.decide(TEACHER, STUDENT, to_other, teacher_on_z=on_z)
+    assert routed.to_other == {"off": {"my"}, "on": {"th"}}
+
+
+def test_the_teacher_is_measured_on_the_prompt_on_kd_shows_it():
+    from orchestrator.data import Example
+    from orchestrator.verbalizer import Verbalizer
+
+    rows = [
+        Example("Ana has 3 apples. She gets 4 more. How many now?", "3 + 4 = 7. The answer is 7.", "en"),
+        Example("Ani punya 2 apel. Dia dapat 5 lagi. Berapa sekarang?", "2 + 5 = 7. Jawabannya 7.", "id"),
+    ]
+    verbalizer = Verbalizer("crosslingual", ["en", "id", "th"], seed=0)
+    seen = routing.as_the_teacher_sees_them(rows, verbalizer, key=3)
+    for row, z in zip(rows, seen, strict=True):
+        assert z.response == row.response and z.lang == row.lang
+        assert row.prompt in z.prompt and row.response in z.prompt and z.prompt != row.prompt
+    assert routing.as_the_teacher_sees_them(rows, Verbalizer("crosslingual", ["en", "id", "th"], seed=9), 3) == seen
+
+
 def test_held_out_rows_are_never_trained_on_and_fixed_by_the_seed():
     rows = [Row(f"p{i}", lang) for i in range(10) for lang in ("en", "my")]
     train, held = routing.hold_out(rows, 3, seed=0)
@@ -63,6 +103,7 @@ def test_languages_routed_to_another_teacher_are_scored_by_it_in_a_real_run(
     engine of its own), an unreachable margin routes every language to the other teacher, deployed as a second
     Serve app. That teacher is the student's own starting point, so the first step's KD terms are 0 (the student
     imitates itself), which the real teacher's scores could not give; the second step's are not (it has moved).
+    Both KD terms are routed, each by the teacher measured on the prompt it shows it (`routing.per_term`).
     Routing off is the same rule with weight 0 (`kd_weights`, and the learner's per-row weights in test_objective)."""
     import json
 
@@ -72,7 +113,13 @@ def test_languages_routed_to_another_teacher_are_scored_by_it_in_a_real_run(
 
     start = run.result.checkpoints["cold_start"]
     models = {"student": start, "teacher": str(tiny_world / "teacher")}
-    rule = {"rows_per_language": 1, "min_margin": 1000.0, "below_margin": "other_teacher", "other_teacher": start}
+    rule = {
+        "rows_per_language": 1,
+        "min_margin": 1000.0,
+        "below_margin": "other_teacher",
+        "other_teacher": start,
+        "per_term": True,  # the teacher is measured on x and on the crosslingual z, each term routed by its own
+    }
     cfg = e2e_config(
         tiny_world,
         tmp_path,
@@ -93,8 +140,12 @@ def test_languages_routed_to_another_teacher_are_scored_by_it_in_a_real_run(
     assert second["loss/off_kd"] > 1e-3 and first["loss/spin"] > 0
     for step in (first, second):
         for lang in trainer.languages:
-            assert step[f"routing/other_teacher_{lang}"] == 1.0 and step[f"routing/kd_weight_{lang}"] == 1.0
-            assert 0.0 <= step[f"routing/teacher_em_{lang}"] <= 100.0
+            for term in ("off", "on"):
+                assert step[f"routing/{term}_other_teacher_{lang}"] == 1.0
+                assert step[f"routing/{term}_kd_weight_{lang}"] == 1.0
+                assert 0.0 <= step[f"routing/{term}_teacher_em_{lang}"] <= 100.0
+    teacher_on_x, teacher_on_z = trainer._routing_teacher
+    assert teacher_on_z is not None and set(teacher_on_z) == set(teacher_on_x)
 
 
 def test_routing_to_another_teacher_needs_its_path():
