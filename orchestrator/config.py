@@ -218,7 +218,8 @@ class RoutingConfig(BaseModel):
     per_term: bool = Field(
         False,
         description="Also measure the teacher on the prompt On-KD shows it (the verbalizer's z, which holds the "
-        "demonstration) and weight On-KD by that; Off-KD keeps the measurement on x. Off: x sets both.",
+        "demonstration) and weight On-KD by that; Off-KD keeps the measurement on x. Off, or where On-KD shows "
+        "the teacher x (no verbalizer, SeqKD): x sets both.",
     )
 
     @model_validator(mode="after")
