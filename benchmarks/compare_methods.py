@@ -54,8 +54,10 @@ GROUPS = {
     "core": [(m, [f"method={m}"]) for m in ("dudi", "sft", "gkd")],
     "routing": [
         (ROUTED[0], ["method=dudi", *ROUTING]),
-        (ROUTED[1], ["method=dudi", *ROUTING_AGAIN]),
         (ROUTED[2], ["method=dudi", *ROUTING_PER_TERM]),
+        # Where the student stays above the teacher on my the whole run (seed 0), this repeats `dudi + routing`
+        # exactly (both gave 29.5 / 57.6): it only differs where a measurement changes the weights.
+        (ROUTED[1], ["method=dudi", *ROUTING_AGAIN]),
     ],
     # With a near one-hot teacher, forward KL on (x, y) alone is cross-entropy to the teacher's argmax: it should
     # track SFT except where the teacher is wrong. It separates "the KD machinery" from "DuDi's choice of terms".
@@ -467,11 +469,15 @@ def write_report(out: Path, command: str) -> None:
         "",
         weak_language_table(runs),
         "",
-        comparison_table(runs, [*[(r, "dudi") for r in ROUTED], ("sft", "dudi"), ("sft", "gkd")], key=WEAK_LANGUAGE),
+        comparison_table(
+            runs,
+            [*[(r, "dudi") for r in ROUTED], (ROUTED[2], ROUTED[0]), ("sft", "dudi"), ("sft", "gkd")],
+            key=WEAK_LANGUAGE,
+        ),
         "",
         "And on the average over languages:",
         "",
-        comparison_table(runs, [(r, "dudi") for r in ROUTED]),
+        comparison_table(runs, [*[(r, "dudi") for r in ROUTED], (ROUTED[2], ROUTED[0])]),
     ]
     if KD_CONTROL in runs:
         text += [
