@@ -328,6 +328,9 @@ class Trainer:
             self._generate_teacher_responses()
         if self.rollout is not None:
             self.rollout.wait_ready()
+            # Engines outlive a run (the comparison runs every method of a seed on one set): each stage samples
+            # from its seed as on fresh engines, not from where the run before it left the sampler.
+            self.rollout.reseed(self.cfg.seed)
             self._mark("rollout")
         self.learner.wait_ready()
         self._mark("learner")

@@ -151,6 +151,11 @@ class RolloutGroup:
         pending = [self.workers[i].load_weights.remote(snapshot) for i in chosen]
         return ray.get(pending) if wait else pending
 
+    def reseed(self, seed: int) -> None:
+        """Worker i's sampler starts again from `seed + i`, as a new group made with `seed` would: what a run samples
+        then does not depend on what earlier runs on these engines sampled."""
+        ray.get([w.reseed.remote(seed + i) for i, w in enumerate(self.workers)])
+
     def join_weight_group(self, group: WeightGroupSpec, record_digest: bool = False) -> list:
         """Worker i joins the learner's weight group as rank i + 1; returns the pending calls (they complete
         once the learner's rank 0 has joined too)."""

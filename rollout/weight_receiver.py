@@ -1,4 +1,5 @@
-"""Runs inside vLLM's worker process (`worker_extension_cls`): takes new weights in place, keeps tied heads tied.
+"""Runs inside vLLM's worker process (`worker_extension_cls`): takes new weights in place, keeps tied heads tied,
+and restarts the sampler's random stream on demand.
 
 Weights arrive in one of two ways:
 - `receive_weights(path)`: safetensors files in a directory on this node (the same-node path through /dev/shm);
@@ -54,6 +55,13 @@ class WeightReceiver:
 
     def received_digest(self) -> dict[str, str]:
         return self._digest
+
+    def reseed(self, seed: int) -> None:
+        """Restarts the sampler's random stream: requests without a seed of their own draw from this process's
+        global generators, which otherwise carry on from wherever earlier generate calls left them."""
+        from vllm.utils.torch_utils import set_random_seed
+
+        set_random_seed(seed, self.parallel_config.data_parallel_index)
 
     def _broadcast_stream(self):
         import torch

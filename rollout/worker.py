@@ -147,6 +147,9 @@ class RolloutWorker:
         self.weights_lost = False
         return self.policy_version
 
+    def reseed(self, seed: int) -> None:
+        self.llm.collective_rpc("reseed", kwargs={"seed": seed})
+
     def join_weight_group(self, group: WeightGroupSpec, rank: int, record_digest: bool = False) -> None:
         """The engine's worker process joins the learner's weight group as `rank` (blocks until all have)."""
         import ray
