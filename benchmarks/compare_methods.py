@@ -41,7 +41,17 @@ ROUTING_AGAIN = [*ROUTING, "routing.every_steps=40"]
 # teacher reads my at 89% greedy (5% on x; `benchmarks/results/self_teacher_prompts.md`), so my's On-KD stays on
 # while its Off-KD (the misreading) is off.
 ROUTING_PER_TERM = [*ROUTING, "routing.per_term=true"]
-ROUTED = ("dudi + routing", "dudi + routing, every 40 steps", "dudi + routing per KD term")
+# Switched off, my is left to SPIN, which does not teach the task; the data does (SFT reaches ~72% on my). Routed to
+# the ground truth, my's Off-KD trains on y instead of the teacher's misreading, and its On-KD is off.
+ROUTING_TO_DATA = [o.replace("below_margin=off", "below_margin=ground_truth") for o in ROUTING]
+ROUTED = (
+    "dudi + routing",
+    "dudi + routing, every 40 steps",
+    "dudi + routing per KD term",
+    "dudi + routing to the ground truth",
+)
+# Routing variants against once-measured routing: same held-out rows, so they differ only in the rule.
+ROUTED_PAIRS = [(ROUTED[2], ROUTED[0]), (ROUTED[3], ROUTED[0])]
 KD_CONTROL = "off-KD only, FKL (control)"
 KD_CONTROL_FIELDS = ["learner.objective.lam=0", "learner.objective.alpha=0", "learner.objective.divergence=fkl"]
 # The same with DuDi's divergence: to a one-hot teacher reverse KL has the same optimum as cross-entropy, but its
@@ -54,6 +64,7 @@ GROUPS = {
     "core": [(m, [f"method={m}"]) for m in ("dudi", "sft", "gkd")],
     "routing": [
         (ROUTED[0], ["method=dudi", *ROUTING]),
+        (ROUTED[3], ["method=dudi", *ROUTING_TO_DATA]),
         (ROUTED[2], ["method=dudi", *ROUTING_PER_TERM]),
         # Where the student stays above the teacher on my the whole run (seed 0), this repeats `dudi + routing`
         # exactly (both gave 29.5 / 57.6): it only differs where a measurement changes the weights.
@@ -465,19 +476,21 @@ def write_report(out: Path, command: str) -> None:
         "the held-out rows at the start of distillation; a language where the teacher does not lead the student gets "
         f"KD weight 0). `{ROUTED[1]}`: the same, with the student measured again every 40 steps. `{ROUTED[2]}`: "
         "the same rule for each KD term, with the teacher measured on the prompt that term shows it (Off-KD: x; "
-        "On-KD: the crosslingual z, which holds the demonstration; `routing.per_term=true`).",
+        "On-KD: the crosslingual z, which holds the demonstration; `routing.per_term=true`). "
+        f"`{ROUTED[3]}`: the same measurement, and a language where the teacher trails takes the data as its Off-KD "
+        "teacher (cross-entropy on y at Off-KD's weight) with On-KD off (`routing.below_margin=ground_truth`).",
         "",
         weak_language_table(runs),
         "",
         comparison_table(
             runs,
-            [*[(r, "dudi") for r in ROUTED], (ROUTED[2], ROUTED[0]), ("sft", "dudi"), ("sft", "gkd")],
+            [*[(r, "dudi") for r in ROUTED], *ROUTED_PAIRS, ("sft", "dudi"), ("sft", "gkd")],
             key=WEAK_LANGUAGE,
         ),
         "",
         "And on the average over languages:",
         "",
-        comparison_table(runs, [*[(r, "dudi") for r in ROUTED], (ROUTED[2], ROUTED[0])]),
+        comparison_table(runs, [*[(r, "dudi") for r in ROUTED], *ROUTED_PAIRS]),
     ]
     if KD_CONTROL in runs:
         text += [

@@ -2,6 +2,9 @@
 
 L = CE(x, y) [sft | dft] + α·SPIN(x, y, y') + kd_weight·[(1−λ)·D(x, y) + λ·D(p_z, ỹ | teacher saw z)]
 
+Per-language routing weights each KD term per row; rows routed to the ground truth get, in Off-KD's place,
+kd_weight·(1−λ)·CE(x, y) (forward KL to the data's one-hot y), logged as `loss/ground_truth`.
+
 Each term is computed only when its weight is non-zero, and logged as `loss/<term>`. Forwards return the final
 hidden states of the response positions (`chunked.ResponseStates`); every term that needs the vocabulary maps
 over chunks of positions (`chunked.map_chunks`), so no [B, R, V] logits tensor ever exists.
@@ -38,7 +41,8 @@ def compute_loss(
     # Each group gets its own forward: padding x-prompts to the longest verbalized p_z would waste most of it.
     chosen_states = policy_forward(chosen) if _needs_chosen_forward(cfg) else None
     # log π_θ(y_t) serves both the cross-entropy and SPIN's chosen sequence log-prob: one pass over the chunks.
-    chosen_logps = label_logprobs(chosen_states, chosen) if cfg.cross_entropy != "none" or cfg.alpha > 0 else None
+    needs_logps = cfg.cross_entropy != "none" or cfg.alpha > 0 or _routes_to_ground_truth(cfg, batch)
+    chosen_logps = label_logprobs(chosen_states, chosen) if needs_logps else None
     total = torch.zeros(())
     metrics: dict[str, float] = {}
 
@@ -59,6 +63,13 @@ def compute_loss(
         off_kd, overlap = _kd_term(cfg, chosen_states, batch.chosen_teacher, chosen, batch.off_kd_weights)
         add("off_kd", cfg.kd_weight * (1 - cfg.lam), off_kd)
         metrics["diag/topk_overlap_off"] = overlap
+    if _routes_to_ground_truth(cfg, batch):
+        per_token = objective.cross_entropy_per_token(chosen_logps, "sft")
+        add(
+            "ground_truth",
+            cfg.kd_weight * (1 - cfg.lam),
+            _mean(_by_row(per_token, chosen_states, batch.ground_truth_weights)),
+        )
     if cfg.uses_on_kd:
         on_policy = pack(batch.on_policy, pad_id)
         on_kd, overlap = _kd_term(
@@ -85,6 +96,16 @@ def label_logprobs(states: ResponseStates, packed: PackedSequences) -> torch.Ten
 
 def _needs_chosen_forward(cfg: ObjectiveConfig) -> bool:
     return cfg.cross_entropy != "none" or cfg.alpha > 0 or cfg.uses_off_kd
+
+
+def _routes_to_ground_truth(cfg: ObjectiveConfig, batch: TrainBatch) -> bool:
+    return cfg.uses_off_kd and batch.ground_truth_weights is not None
+
+
+def _by_row(per_token: torch.Tensor, states: ResponseStates, row_weights: list[float]) -> torch.Tensor:
+    """Each response position's value [M] times its row's factor."""
+    weights = torch.tensor(row_weights, dtype=per_token.dtype, device=per_token.device)
+    return per_token * states.select(weights[:, None].expand(states.mask.shape))
 
 
 def _check_inputs(cfg: ObjectiveConfig, batch: TrainBatch, has_reference: bool) -> None:
@@ -162,8 +183,7 @@ def _kd_term(
             raise ValueError(f"sparse teacher scores do not sum to 1 (|log mass| up to {worst:.2e})")
     divergence, hits = kd_per_token(cfg, states, teacher)
     if row_weights is not None:
-        weights = torch.tensor(row_weights, dtype=divergence.dtype, device=divergence.device)
-        divergence = divergence * states.select(weights[:, None].expand(states.mask.shape))
+        divergence = _by_row(divergence, states, row_weights)
     return _mean(divergence), _mean(hits).item()
 
 

@@ -63,6 +63,8 @@ class TrainBatch:
     # Per row (prompt), a factor on each KD term (per-language teacher routing); None: 1 everywhere.
     off_kd_weights: list[float] | None = None
     on_kd_weights: list[float] | None = None
+    # Per row, a factor on cross-entropy to its y in Off-KD's place (routing to the ground truth); None: no such term.
+    ground_truth_weights: list[float] | None = None
 
     def shard(self, rank: int, world: int) -> TrainBatch:
         def pick(items):
@@ -77,6 +79,7 @@ class TrainBatch:
             policy_versions=self.policy_versions,
             off_kd_weights=pick(self.off_kd_weights),
             on_kd_weights=pick(self.on_kd_weights),
+            ground_truth_weights=pick(self.ground_truth_weights),
         )
 
 

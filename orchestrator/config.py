@@ -191,8 +191,8 @@ class WeightSyncConfig(BaseModel):
 class RoutingConfig(BaseModel):
     """Per-language teacher routing: at the start of distillation (and every `every_steps`), the teacher and the
     student are measured per language (greedy exact match on held-out training rows), and where the teacher does
-    not lead the student by `min_margin` points, that language's KD terms are switched off, down-weighted, or
-    scored by `other_teacher` instead."""
+    not lead the student by `min_margin` points, that language's KD terms are switched off, down-weighted,
+    scored by `other_teacher` instead, or replaced by the ground truth."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -203,10 +203,11 @@ class RoutingConfig(BaseModel):
     min_margin: float = Field(
         0.0, description="Exact-match points the teacher must lead the student by for full KD weight in a language."
     )
-    below_margin: Literal["off", "down_weight", "other_teacher"] = Field(
+    below_margin: Literal["off", "down_weight", "other_teacher", "ground_truth"] = Field(
         "down_weight",
-        description="What a language where the teacher trails gets: KD weight 0, `down_weight`, or its KD "
-        "sequences scored by `other_teacher` (full weight).",
+        description="What a language where the teacher trails gets: KD weight 0, `down_weight`, its KD "
+        "sequences scored by `other_teacher` (full weight), or `ground_truth`: Off-KD's teacher replaced by the "
+        "data (cross-entropy on its y, Off-KD's weight) and On-KD off (the data cannot score the student's samples).",
     )
     down_weight: float = Field(0.5, ge=0.0, le=1.0)
     other_teacher: str | None = Field(
@@ -308,6 +309,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "routing.enabled measures models.teacher against the student: it needs a KD term "
                 "(learner.objective.kd_weight > 0) and recipe.teacher=model"
+            )
+        if self.routing.enabled and self.routing.below_margin == "ground_truth" and not self.objective.uses_off_kd:
+            raise ValueError(
+                "routing.below_margin=ground_truth puts the data in Off-KD's place, and this objective has no Off-KD "
+                f"(learner.objective.lam={self.objective.lam:g}); use below_margin=off"
             )
         if self.data.languages:
             unknown = sorted(set(self.data.languages) - set(LANGUAGES))

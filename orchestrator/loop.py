@@ -484,6 +484,8 @@ class Trainer:
         if self.route is not None and objective.uses_teacher:
             batch.off_kd_weights = [self.route.weights["off"].get(r.lang, 1.0) for r in rows]
             batch.on_kd_weights = [self.route.weights["on"].get(r.lang, 1.0) for r in rows]
+            if self.route.ground_truth and objective.uses_off_kd:
+                batch.ground_truth_weights = [float(r.lang in self.route.ground_truth) for r in rows]
         if self.teacher is not None:
             timings["teacher/retries"] = float(self.teacher.retries)  # so far in the stage
             timings["teacher/replica_restarts"] = float(self.teacher.replica_restarts())
@@ -568,6 +570,8 @@ class Trainer:
 
         def term(name: str, lang: str, teacher: dict[str, float]) -> str:
             other = " → other teacher" if lang in self.route.to_other[name] else ""
+            if name == "off" and lang in self.route.ground_truth:
+                other = " → ground truth"
             return f"{self.route.weights[name][lang]:g}{other} ({teacher[lang]:.0f} vs {student[lang]:.0f})"
 
         if teacher_on_z is None:

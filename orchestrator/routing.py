@@ -4,6 +4,9 @@ The paper's teacher is weak on Burmese; a student distilled from it there learns
 distillation the orchestrator measures the teacher and the student per language on held-out training rows
 (`hold_out`), and `kd_weights` turns the two scores into a KD weight per language by the config's rule. Each
 training row then carries its language's weight for each KD term (`TrainBatch.off_kd_weights`, `on_kd_weights`).
+With `below_margin=ground_truth` a trailing language's Off-KD takes the data as its teacher instead
+(`TrainBatch.ground_truth_weights`: cross-entropy on y), the paper's premise turned around where the data beats
+the teacher.
 
 The teacher is measured on the prompt each term shows it. Off-KD shows it the plain prompt x. On-KD shows it the
 verbalizer's z, which contains the ground-truth demonstration, so a teacher that misreads x can still be right on z
@@ -50,9 +53,18 @@ def _trailing(teacher: dict[str, float], student: dict[str, float], cfg: Routing
 
 def kd_weights(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> dict[str, float]:
     """Per language: 1 where the teacher leads the student by at least `min_margin` exact-match points, else 0
-    (`below_margin=off`) or `down_weight`; with `other_teacher` the weight stays 1 (another teacher scores them)."""
-    low = {"off": 0.0, "down_weight": cfg.down_weight, "other_teacher": 1.0}[cfg.below_margin]
+    (`below_margin=off`, and `ground_truth`, where the data takes Off-KD's place) or `down_weight`; with
+    `other_teacher` the weight stays 1 (another teacher scores them)."""
+    low = {"off": 0.0, "down_weight": cfg.down_weight, "other_teacher": 1.0, "ground_truth": 0.0}[cfg.below_margin]
     return {lang: low if trails else 1.0 for lang, trails in _trailing(teacher, student, cfg).items()}
+
+
+def ground_truth_languages(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> set[str]:
+    """The languages whose Off-KD teacher is replaced by the ground truth (empty unless below_margin=ground_truth):
+    on (x, y) the data is a teacher too, one-hot on y, and forward KL to it is cross-entropy."""
+    if cfg.below_margin != "ground_truth":
+        return set()
+    return {lang for lang, trails in _trailing(teacher, student, cfg).items() if trails}
 
 
 def other_teacher_languages(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> set[str]:
@@ -68,14 +80,17 @@ def routing_metrics(
     student: dict[str, float],
     to_other: set[str] = frozenset(),
     prefix: str = "",
+    ground_truth: set[str] | None = None,
 ) -> dict:
     """What is logged each step: per language, the KD weight, the two scores it came from, and (routing to
-    another teacher) whether that teacher scores the language. `prefix` names the term when the terms are
-    routed apart (`off_`, `on_`)."""
+    another teacher, or to the ground truth) whether it takes the language. `prefix` names the term when the
+    terms are routed apart (`off_`, `on_`)."""
     metrics = {}
     for lang, weight in weights.items():
         if to_other:
             metrics[f"routing/{prefix}other_teacher_{lang}"] = float(lang in to_other)
+        if ground_truth is not None:
+            metrics[f"routing/ground_truth_{lang}"] = float(lang in ground_truth)
         metrics[f"routing/{prefix}kd_weight_{lang}"] = weight
         metrics[f"routing/{prefix}teacher_em_{lang}"] = teacher[lang]
         metrics[f"routing/student_em_{lang}"] = student[lang]
@@ -84,10 +99,12 @@ def routing_metrics(
 
 @dataclass
 class Decision:
-    """One measurement's outcome, per KD term: each language's weight and the languages the other teacher scores."""
+    """One measurement's outcome, per KD term: each language's weight and the languages the other teacher scores;
+    and the languages whose Off-KD the ground truth takes over (`ground_truth`, Off-KD only)."""
 
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
     to_other: dict[str, set[str]] = field(default_factory=dict)
+    ground_truth: set[str] = field(default_factory=set)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -101,14 +118,17 @@ def decide(
     is evaluated on). `teacher_on_z`: the teacher measured on On-KD's prompt z (`routing.per_term`, where On-KD
     shows it z), which then sets On-KD's weights; logged per term (`routing/off_kd_weight_<lang>`,
     `routing/on_kd_weight_<lang>`, ...). Without it one rule covers both terms (`routing/kd_weight_<lang>`)."""
-    decision = Decision()
+    decision = Decision(ground_truth=ground_truth_languages(teacher, student, cfg))
     by_term = {"off": teacher, "on": teacher if teacher_on_z is None else teacher_on_z}
     for term in TERMS:
         decision.weights[term] = kd_weights(by_term[term], student, cfg)
         decision.to_other[term] = other_teacher_languages(by_term[term], student, cfg)
         if teacher_on_z is not None or term == "off":
             prefix = "" if teacher_on_z is None else f"{term}_"
-            logged = routing_metrics(decision.weights[term], by_term[term], student, decision.to_other[term], prefix)
+            ground_truth = decision.ground_truth if term == "off" and cfg.below_margin == "ground_truth" else None
+            logged = routing_metrics(
+                decision.weights[term], by_term[term], student, decision.to_other[term], prefix, ground_truth
+            )
             decision.metrics.update(logged)
     return decision
 

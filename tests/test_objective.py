@@ -288,6 +288,21 @@ def test_dudi_total_combines_the_three_terms():
     both_off = dataclasses.replace(batch, off_kd_weights=[0.0, 0.0], on_kd_weights=[0.0, 0.0])
     _, neither = compute_loss(cfg, both_off, forward, ref_forward, pad_id=0)
     assert neither["loss/off_kd"] == 0.0 and neither["loss/on_kd"] == 0.0
+    # Routed to the ground truth, row 1's Off-KD takes the data as its teacher: cross-entropy on its y, at Off-KD's
+    # weight and over the same token count; row 0 keeps the teacher.
+    to_data = dataclasses.replace(batch, off_kd_weights=[1.0, 0.0], ground_truth_weights=[0.0, 1.0])
+    _, grounded = compute_loss(cfg, to_data, forward, ref_forward, pad_id=0)
+    logits = policy(torch.tensor([x[1] + y[1][:-1]])).logits[0, len(x[1]) - 1 :]
+    nll = -torch.log_softmax(logits, -1)[torch.arange(len(y[1])), torch.tensor(y[1])]
+    assert grounded["loss/ground_truth"] == pytest.approx(nll.sum().item() / len(per_token), rel=1e-5)
+    assert grounded["loss/off_kd"] == pytest.approx(routed["loss/off_kd"], rel=1e-6)
+    assert grounded["loss/total"] == pytest.approx(
+        0.3 * grounded["loss/spin"]
+        + 0.75 * (grounded["loss/off_kd"] + grounded["loss/ground_truth"])
+        + 0.25 * grounded["loss/on_kd"],
+        rel=1e-6,
+    )
+    assert "loss/ground_truth" not in metrics
 
 
 def test_missing_inputs_are_reported():

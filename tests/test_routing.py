@@ -60,6 +60,22 @@ def test_per_term_weights_on_kd_by_the_teacher_measured_on_its_own_prompt():
     assert routed.to_other == {"off": {"my"}, "on": {"th"}}
 
 
+def test_routing_to_the_ground_truth_puts_the_data_in_off_kds_place():
+    rule = RoutingConfig(enabled=True, min_margin=5.0, below_margin="ground_truth")
+    decision = routing.decide(TEACHER, STUDENT, rule)
+    # The teacher trails in Burmese and leads Thai by 6 points, above the margin.
+    assert decision.ground_truth == {"my"}
+    assert decision.weights["off"] == decision.weights["on"] == {"en": 1.0, "my": 0.0, "th": 1.0}
+    assert decision.metrics["routing/ground_truth_my"] == 1.0 and decision.metrics["routing/ground_truth_en"] == 0.0
+    assert decision.metrics["routing/kd_weight_my"] == 0.0
+    # Per term, the data still takes only Off-KD: On-KD follows the teacher's score on z.
+    on_z = {"en": 95.0, "my": 89.0, "th": 50.0, "avg": 78.0}
+    per_term = routing.decide(TEACHER, STUDENT, rule.model_copy(update={"per_term": True}), teacher_on_z=on_z)
+    assert per_term.ground_truth == {"my"}
+    assert per_term.weights["on"] == {"en": 1.0, "my": 1.0, "th": 0.0}
+    assert not routing.decide(TEACHER, STUDENT, RoutingConfig(enabled=True, below_margin="off")).ground_truth
+
+
 def test_the_teacher_is_measured_on_the_prompt_on_kd_shows_it():
     from orchestrator.data import Example
     from orchestrator.verbalizer import Verbalizer
@@ -93,6 +109,10 @@ def test_routing_needs_a_teacher_model_to_measure(tmp_path):
     with pytest.raises(ValueError, match="routing.enabled measures models.teacher"):
         e2e_config(tmp_path, tmp_path, 1, method="sdft", routing={"enabled": True})
     assert e2e_config(tmp_path, tmp_path, 1, routing={"enabled": True}).routing.enabled
+    to_data = {"enabled": True, "below_margin": "ground_truth"}
+    with pytest.raises(ValueError, match="ground_truth puts the data in Off-KD's place.*lam=1"):
+        e2e_config(tmp_path, tmp_path, 1, method="seqkd", routing=to_data)
+    assert e2e_config(tmp_path, tmp_path, 1, routing=to_data).routing.below_margin == "ground_truth"
 
 
 @pytest.mark.e2e
@@ -157,3 +177,38 @@ def test_routing_to_another_teacher_needs_its_path():
     assert routing.other_teacher_languages(TEACHER, STUDENT, RoutingConfig(enabled=True, min_margin=5.0)) == set()
     logged = routing.routing_metrics({"my": 1.0}, TEACHER, STUDENT, {"my"})
     assert logged["routing/other_teacher_my"] == 1.0
+
+
+@pytest.mark.e2e
+def test_languages_routed_to_the_ground_truth_train_on_it_in_a_real_run(
+    run, shared_rollout, tiny_world, serve_port, tmp_path
+):
+    """An unreachable margin routes every language to the ground truth: no teacher KD is left, and Off-KD's place
+    (weight 1 − λ) is cross-entropy on the data's y, logged as `loss/ground_truth`."""
+    import json
+
+    from conftest import e2e_config
+
+    from orchestrator.loop import Trainer
+
+    rule = {"rows_per_language": 1, "min_margin": 1000.0, "below_margin": "ground_truth"}
+    cfg = e2e_config(
+        tiny_world,
+        tmp_path,
+        serve_port,
+        name="to_data",
+        models={"student": run.result.checkpoints["cold_start"], "teacher": str(tiny_world / "teacher")},
+        cold_start={"enabled": False},
+        distill={"steps": 1, "batch_size": 8, "lr": 1e-2},
+        routing={"enabled": True, **rule},
+    )
+    trainer = Trainer(cfg, False, shared_rollout)
+    trainer.run()
+    [step] = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert step["loss/off_kd"] == 0.0 and step["loss/on_kd"] == 0.0
+    assert step["loss/ground_truth"] > 0.0
+    lam, alpha = cfg.objective.lam, cfg.objective.alpha
+    expected = (1 - lam) * step["loss/ground_truth"] + alpha * step["loss/spin"]
+    assert step["loss/total"] == pytest.approx(expected, rel=1e-5)
+    for lang in trainer.languages:
+        assert step[f"routing/ground_truth_{lang}"] == 1.0 and step[f"routing/kd_weight_{lang}"] == 0.0
