@@ -742,16 +742,27 @@ def main() -> None:
     parser.add_argument(
         "--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), help="run these groups, in this order"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="RUN",
+        help='of the groups\' runs, only these (names as in the report: "dudi + routing")',
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the written runs")
     parser.add_argument("overrides", nargs="*", help="key.sub=value for every run")
     args = parser.parse_args()
 
     base, out, runs_root = Path(args.config), Path(args.out), Path(args.runs_dir).resolve()
+    known = {name for group in args.groups for name, _ in GROUPS[group]}
+    if args.only and not set(args.only) <= known:
+        parser.error(f"--only: no run named {sorted(set(args.only) - known)} in {args.groups}; known: {sorted(known)}")
     if not args.report_only:
         # Group by group over every seed, so the methods have all their seeds before the first ablation starts.
         for group in args.groups:
+            plan = [(name, variant) for name, variant in GROUPS[group] if not args.only or name in args.only]
             for seed in args.seeds:
-                run_seed(base, args.overrides, seed, GROUPS[group], out / "compare", runs_root)
+                if plan:
+                    run_seed(base, args.overrides, seed, plan, out / "compare", runs_root)
     write_report(out, " ".join(sys.argv[1:]))
 
 
