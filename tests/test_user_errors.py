@@ -13,6 +13,12 @@ from conftest import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port_override() -> list[str]:
+    """Serve's port for a `dudi train` whose error is checked: the start-up checks the port before the field under
+    test, so a job on the default port (a benchmark beside the tests) would answer first."""
+    return [f"teacher.http_port={free_port()}"]
+
+
 def dudi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
@@ -36,7 +42,12 @@ def test_broken_yaml_names_the_line(tmp_path):
 
 def test_a_model_path_that_does_not_exist_or_is_not_a_model(tmp_path, tiny_world):
     data = tiny_world / "data" / "train.jsonl"
-    base = [f"data.train_path={data}", f"data.eval_path={data}", f"output_dir={tmp_path / 'run'}"]
+    base = [
+        f"data.train_path={data}",
+        f"data.eval_path={data}",
+        f"output_dir={tmp_path / 'run'}",
+        *free_port_override(),
+    ]
     missing = dudi("train", "configs/demo.yaml", f"models.student={tmp_path / 'nowhere'}", *base)
     assert "models.student" in one_line_error(missing) and "neither a local directory" in one_line_error(missing)
     (tmp_path / "not-a-model").mkdir()
@@ -64,6 +75,7 @@ def test_an_output_dir_that_cannot_be_written(tmp_path, tiny_world):
         f"data.train_path={data}",
         f"data.eval_path={data}",
         f"output_dir={target}",
+        *free_port_override(),
     )
     assert "cannot be written" in one_line_error(result)
 
@@ -82,7 +94,7 @@ def test_a_teacher_port_in_use(tmp_path):
 def test_resume_without_checkpoints(tmp_path, tiny_world):
     data = tiny_world / "data" / "train.jsonl"
     models = [f"models.student={tiny_world / 'student'}", f"models.teacher={tiny_world / 'teacher'}"]
-    data_paths = [f"data.train_path={data}", f"data.eval_path={data}"]
+    data_paths = [f"data.train_path={data}", f"data.eval_path={data}", *free_port_override()]
     result = dudi("train", "configs/demo.yaml", *models, *data_paths, f"output_dir={tmp_path / 'run'}", "--resume")
     assert "no complete checkpoint" in one_line_error(result)
 
@@ -92,7 +104,7 @@ def test_resume_with_a_changed_config(tmp_path, tiny_world):
 
     data = tiny_world / "data" / "train.jsonl"
     models = [f"models.student={tiny_world / 'student'}", f"models.teacher={tiny_world / 'teacher'}"]
-    args = ["configs/demo.yaml", *models, f"data.train_path={data}", f"data.eval_path={data}"]
+    args = ["configs/demo.yaml", *models, f"data.train_path={data}", f"data.eval_path={data}", *free_port_override()]
     run_dir = tmp_path / "run"
     # What a crashed run leaves: its config and one complete checkpoint.
     import yaml
