@@ -59,7 +59,7 @@ def test_a_run_samples_the_same_on_engines_earlier_runs_sampled_from(
 ):
     from rollout.group import RolloutGroup
 
-    stage = {"steps": 2, "batch_size": 8, "lr": 1e-2}  # sampled rollouts (temperature > 0), pipelined
+    stage = {"steps": 1, "batch_size": 8, "lr": 1e-2}  # sampled rollouts (temperature > 0)
     cold_start = run.result.checkpoints["cold_start"]
 
     def losses(name: str) -> list[float]:
@@ -72,7 +72,7 @@ def test_a_run_samples_the_same_on_engines_earlier_runs_sampled_from(
         return [e["loss/total"] for e in _metrics(trainer) if e["stage"] == "distill"]
 
     first, second = losses("first"), losses("second")
-    assert len(first) == 2 and first == pytest.approx(second, rel=1e-6)
+    assert len(first) == 1 and first == pytest.approx(second, rel=1e-6)
     # The reseed at the stage's start is what makes them equal: without it the same run draws other samples.
     monkeypatch.setattr(RolloutGroup, "reseed", lambda self, seed: None)
     assert losses("unseeded") != pytest.approx(first, rel=1e-6)
