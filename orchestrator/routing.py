@@ -59,19 +59,22 @@ def kd_weights(teacher: dict[str, float], student: dict[str, float], cfg: Routin
     return {lang: low if trails else 1.0 for lang, trails in _trailing(teacher, student, cfg).items()}
 
 
+def _routed(rule: str, teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> set[str]:
+    """The languages where the teacher trails, if `rule` is the config's `below_margin` (else none)."""
+    if cfg.below_margin != rule:
+        return set()
+    return {lang for lang, trails in _trailing(teacher, student, cfg).items() if trails}
+
+
 def ground_truth_languages(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> set[str]:
     """The languages whose Off-KD teacher is replaced by the ground truth (empty unless below_margin=ground_truth):
     on (x, y) the data is a teacher too, one-hot on y, and forward KL to it is cross-entropy."""
-    if cfg.below_margin != "ground_truth":
-        return set()
-    return {lang for lang, trails in _trailing(teacher, student, cfg).items() if trails}
+    return _routed("ground_truth", teacher, student, cfg)
 
 
 def other_teacher_languages(teacher: dict[str, float], student: dict[str, float], cfg: RoutingConfig) -> set[str]:
     """The languages whose KD sequences `routing.other_teacher` scores (empty unless below_margin=other_teacher)."""
-    if cfg.below_margin != "other_teacher":
-        return set()
-    return {lang for lang, trails in _trailing(teacher, student, cfg).items() if trails}
+    return _routed("other_teacher", teacher, student, cfg)
 
 
 def routing_metrics(

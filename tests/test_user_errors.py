@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port_override() -> list[str]:
-    """Serve's port for a `dudi train` whose error is checked: the start-up checks the port before the field under
-    test, so a job on the default port (a benchmark beside the tests) would answer first."""
+    """Serve's port for a `dudi train` the tests start: the start-up checks the port before the field under test, so
+    a job on the default port (a benchmark beside the tests) would answer first."""
     return [f"teacher.http_port={free_port()}"]
 
 
@@ -170,7 +170,7 @@ def _interrupt_when(command: list[str], ready: str, timeout_s: float = 240) -> t
 @pytest.mark.e2e
 def test_ctrl_c_stops_the_teacher_server_and_its_ray(tiny_world):
     command = ["teacher", "serve", "configs/demo.yaml", f"models.teacher={tiny_world / 'teacher'}"]
-    command += [f"teacher.http_port={free_port()}", "ray.num_cpus=1"]
+    command += [*free_port_override(), "ray.num_cpus=1"]
     code, _ = _interrupt_when(command, "serving on")
     assert code == 0
 
@@ -181,7 +181,7 @@ def test_ctrl_c_stops_a_training_run_within_seconds(tmp_path, tiny_world):
     command = ["train", "configs/demo.yaml", f"models.student={tiny_world / 'student'}"]
     command += [f"models.teacher={tiny_world / 'teacher'}", f"data.train_path={data}", f"data.eval_path={data}"]
     command += [f"output_dir={tmp_path / 'run'}", "cold_start.steps=10000", "cold_start.batch_size=4"]
-    command += ["eval.compare_teacher=false", "eval.at_end_of_stages=false", f"teacher.http_port={free_port()}"]
+    command += ["eval.compare_teacher=false", "eval.at_end_of_stages=false", *free_port_override()]
     # A cold start alone starts no vLLM engine: the interrupt lands in the same training loop ~20 s sooner.
     command += ["distill.enabled=false"]
     code, output = _interrupt_when(command, "ready after (s)")
