@@ -73,14 +73,22 @@ def test_a_demo_run_submitted_as_a_ray_job_succeeds(tiny_world, tmp_path):
             "learner.zero_stage=0",  # ZeRO-3's start-up is paid by the other e2e tests already
         ]
         job_id = f"dudi-test-{secrets.token_hex(4)}"
-        submitted = subprocess.run(
-            ["bash", "deploy/submit.sh", "configs/demo.yaml", *overrides],
-            env=dict(env, RAY_ADDRESS=address, SUBMIT_ARGS=f"--no-wait --submission-id {job_id}"),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        for _ in range(3):
+            submitted = subprocess.run(
+                ["bash", "deploy/submit.sh", "configs/demo.yaml", *overrides],
+                env=dict(env, RAY_ADDRESS=address, SUBMIT_ARGS=f"--no-wait --submission-id {job_id}"),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            # A CI run once saw the dashboard reset the connection of the submission's version check right after
+            # `ray job list` had answered (a loaded 2-core machine). That check comes before anything is submitted,
+            # so trying again cannot submit twice; any other failure is the test's to report.
+            if submitted.returncode == 0 or "Failed to connect to Ray" not in submitted.stderr + submitted.stdout:
+                break
+            assert head.poll() is None, "the head went down"
+            time.sleep(5)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         deadline, status = time.time() + 600, ""
         while time.time() < deadline:
