@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -23,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_demo_run_submitted_as_a_ray_job_succeeds(tiny_world, tmp_path):
-    ports = {
-        name: free_port() for name in ("gcs", "dashboard", "client", "agent", "agent_grpc", "runtime_env", "metrics")
-    }
+    names = ("gcs", "dashboard", "client", "agent", "agent_grpc", "runtime_env", "metrics")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = dict(
         os.environ,
         RAY_AUTH_MODE="token",
