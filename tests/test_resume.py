@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 import torch
-from conftest import assert_planned_batches_trained_once, e2e_config
+from conftest import assert_planned_batches_trained_once, e2e_config, free_port
 from safetensors.torch import load_file
 
 from orchestrator.loop import Trainer, batches
@@ -164,15 +164,20 @@ def test_a_dudi_train_killed_at_a_random_moment_resumes_from_its_last_checkpoint
     command += [f"data.train_path={data}", f"data.eval_path={data}", f"output_dir={run_dir}", "distill.enabled=false"]
     command += ["cold_start.steps=24", "cold_start.batch_size=8", "checkpoint.every_steps=4", "checkpoint.keep_last=3"]
     command += ["eval.compare_teacher=false", "eval.at_end_of_stages=false", "ray.num_cpus=2"]
+    command += [f"teacher.http_port={free_port()}"]  # a job beside the tests may hold the default port
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
     delay = random.uniform(0.0, 3.0)
     process = subprocess.Popen(
         command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
+    printed = []
     try:
         for line in process.stdout:
+            printed.append(line)
             if "checkpoint cold_start-000004" in line:
                 break
+        else:
+            pytest.fail("the run ended before its first checkpoint:\n" + "".join(printed)[-3000:])
         time.sleep(delay)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
