@@ -57,8 +57,8 @@ KD_CONTROL_FIELDS = ["learner.objective.lam=0", "learner.objective.alpha=0", "le
 # The same with DuDi's divergence: to a one-hot teacher reverse KL has the same optimum as cross-entropy, but its
 # push on the right token's logit shrinks with the student's probability of it (the report's control section).
 RKL_CONTROL = "off-KD only, RKL (control)"
-JSD_NO_VERBALIZER = "dudi, jsd, verbalizer none"
 RKL_CONTROL_FIELDS = ["learner.objective.lam=0", "learner.objective.alpha=0", "learner.objective.divergence=rkl"]
+JSD_NO_VERBALIZER = "dudi, jsd, verbalizer none"  # an ablation outside the paper (the ablations group)
 # The runs the verdict rests on (DuDi against SFT and GKD) get every seed first, then routing, so a comparison
 # cut short still has them.
 GROUPS = {
