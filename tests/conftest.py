@@ -62,6 +62,12 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
+def free_port_override() -> list[str]:
+    """Serve's port for a `dudi train` the tests start: it checks the port right after loading its config, so a job on
+    the default port (a benchmark beside the tests) would end it there."""
+    return [f"teacher.http_port={free_port()}"]
+
+
 METRICS_PORT = free_port()
 
 

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 import torch
-from conftest import assert_planned_batches_trained_once, e2e_config, free_port
+from conftest import assert_planned_batches_trained_once, e2e_config, free_port_override
 from safetensors.torch import load_file
 
 from orchestrator.loop import Trainer, batches
@@ -164,7 +164,7 @@ def test_a_dudi_train_killed_at_a_random_moment_resumes_from_its_last_checkpoint
     command += [f"data.train_path={data}", f"data.eval_path={data}", f"output_dir={run_dir}", "distill.enabled=false"]
     command += ["cold_start.steps=24", "cold_start.batch_size=8", "checkpoint.every_steps=4", "checkpoint.keep_last=3"]
     command += ["eval.compare_teacher=false", "eval.at_end_of_stages=false", "ray.num_cpus=2"]
-    command += [f"teacher.http_port={free_port()}"]  # a job beside the tests may hold the default port
+    command += free_port_override()
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
     delay = random.uniform(0.0, 3.0)
     process = subprocess.Popen(

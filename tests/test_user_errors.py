@@ -8,15 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port_override
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port_override() -> list[str]:
-    """Serve's port for a `dudi train` the tests start: the start-up checks the port before the field under test, so
-    a job on the default port (a benchmark beside the tests) would answer first."""
-    return [f"teacher.http_port={free_port()}"]
 
 
 def dudi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
