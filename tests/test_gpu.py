@@ -128,3 +128,47 @@ def test_chunked_kd_on_cuda_matches_whole_logits(dtype):
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(divergence.mean(), whole, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(chunked_grad.float(), whole_grad.float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("scores", ["full", "sparse"])
+def test_the_whole_dudi_loss_with_routing_on_cuda_matches_float64_on_cpu(scores):
+    """compute_loss end to end on CUDA: every term (SPIN, Off-KD, On-KD, the ground-truth routing term), each row's
+    routing weight, and the gradients, against the same batch in float64 on the CPU."""
+    import copy
+    import dataclasses
+    from functools import partial
+
+    from test_chunked import make_batch, tiny_model
+
+    from learner.chunked import response_states
+    from learner.config import ObjectiveConfig
+    from learner.losses import compute_loss
+
+    policy, reference, teacher = tiny_model(0), tiny_model(1), tiny_model(2)
+    cfg = ObjectiveConfig(alpha=0.3, lam=0.4, divergence="rkl", kd_temperature=1.3)
+    # Row 1's language is routed off for On-KD and to the ground truth for Off-KD; row 2's Off-KD is halved.
+    batch = dataclasses.replace(
+        make_batch(teacher, 1.3, sparse_k=None if scores == "full" else 6),
+        off_kd_weights=[1.0, 0.0, 0.5],
+        on_kd_weights=[1.0, 0.0, 1.0],
+        ground_truth_weights=[0.0, 1.0, 0.0],
+    )
+
+    def loss_and_grads(policy_model, reference_model):
+        total, metrics = compute_loss(
+            cfg,
+            batch,
+            partial(response_states, policy_model, chunk_size=2),
+            partial(response_states, reference_model, chunk_size=2),
+            pad_id=0,
+        )
+        return total, metrics, torch.autograd.grad(total, list(policy_model.parameters()))
+
+    cpu_total, cpu_metrics, cpu_grads = loss_and_grads(policy, reference)
+    gpu_policy, gpu_reference = (copy.deepcopy(m).float().cuda() for m in (policy, reference))
+    gpu_total, gpu_metrics, gpu_grads = loss_and_grads(gpu_policy, gpu_reference)
+    assert gpu_total.is_cuda
+    for name in ("spin", "off_kd", "ground_truth", "on_kd", "total"):
+        assert gpu_metrics[f"loss/{name}"] == pytest.approx(cpu_metrics[f"loss/{name}"], rel=1e-4, abs=1e-5), name
+    for (name, _), got, want in zip(policy.named_parameters(), gpu_grads, cpu_grads, strict=True):
+        torch.testing.assert_close(got.double().cpu(), want, rtol=1e-3, atol=1e-5, msg=name)
