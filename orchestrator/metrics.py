@@ -18,29 +18,31 @@ def prometheus_name(metric: str) -> str:
     return "dudi_" + re.sub(r"[^a-zA-Z0-9_]", "_", metric)
 
 
-# One Gauge object per metric name for the whole process, shared by every run in it (each sets its own tags),
-# rather than a fresh registration of the same name per run. Ray exports what was set since its last export.
-_GAUGES: dict = {}
-
-
 class RayGauges:
-    """Sets `dudi_<metric>` gauges tagged with this run and the stage. Only where Ray is connected."""
+    """Sets `dudi_<metric>` gauges tagged with this run and the stage, kept on the endpoint until the run closes.
+    Only where Ray is connected."""
 
     def __init__(self, run: str):
+        from dudi_common.gauges import KeptGauges
+
         self.run = run
+        self.gauges = KeptGauges()
 
     def set(self, stage: str, metrics: dict[str, float]) -> None:
         import ray
-        from ray.util.metrics import Gauge
 
         if not ray.is_initialized():
             return
         for key, value in metrics.items():
-            if key not in _GAUGES:
-                _GAUGES[key] = Gauge(
-                    prometheus_name(key), description=f"DuDi-Dist step metric {key}", tag_keys=("run", "stage")
-                )
-            _GAUGES[key].set(float(value), tags={"run": self.run, "stage": stage})
+            self.gauges.set(
+                prometheus_name(key),
+                value,
+                tags={"run": self.run, "stage": stage},
+                description=f"DuDi-Dist step metric {key}",
+            )
+
+    def close(self) -> None:
+        self.gauges.close()
 
 
 class MetricsLogger:
@@ -81,6 +83,7 @@ class MetricsLogger:
         for writer in self.writers.values():
             writer.close()
         self.jsonl.close()
+        self.ray_gauges.close()
 
 
 class Ledger:

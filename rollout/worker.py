@@ -61,14 +61,10 @@ class RolloutWorker:
         )
         self.config = config
         self.policy_version = policy_version
-        from ray.util.metrics import Gauge
+        from dudi_common.gauges import KeptGauges
 
         # On the Ray dashboard / Prometheus, per worker (the orchestrator logs the whole group's rate).
-        self.tokens_per_s = Gauge(
-            "dudi_rollout_worker_tokens_per_s",
-            description="Sampled tokens per second of one generate call",
-            tag_keys=("worker",),
-        )
+        self.gauges = KeptGauges()
         self.worker_tag = {"worker": str(worker_index)}
 
     def _check_weights(self) -> None:
@@ -97,7 +93,12 @@ class RolloutWorker:
         started = time.perf_counter()
         outputs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False)
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        self.tokens_per_s.set(tokens / max(time.perf_counter() - started, 1e-9), tags=self.worker_tag)
+        self.gauges.set(
+            "dudi_rollout_worker_tokens_per_s",
+            tokens / max(time.perf_counter() - started, 1e-9),
+            tags=self.worker_tag,
+            description="Sampled tokens per second of one generate call",
+        )
         results = []
         for request, output in zip(requests, outputs, strict=True):
             completion = output.outputs[0]

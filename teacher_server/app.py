@@ -34,13 +34,10 @@ class TeacherDeployment:
         self.max_batch_size = config.max_batch_size
         self._score_batch.set_max_batch_size(config.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        from ray.util.metrics import Gauge
+        from dudi_common.gauges import KeptGauges
 
         # On the Ray dashboard / Prometheus, per replica: how long a scoring call took and how many sequences.
-        self.latency = Gauge("dudi_teacher_latency_s", description="Seconds per score_many call", tag_keys=("replica",))
-        self.batch_size = Gauge(
-            "dudi_teacher_batch_size", description="Sequences per score_many call", tag_keys=("replica",)
-        )
+        self.gauges = KeptGauges()
         self.replica_tag = {"replica": serve.get_replica_context().replica_id.unique_id}
 
     def info(self) -> dict:
@@ -51,6 +48,7 @@ class TeacherDeployment:
             "weights_version": self.scorer.weights_version,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
+            "replica": self.replica_tag["replica"],  # the tag of this replica's metrics
         }
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
@@ -67,8 +65,9 @@ class TeacherDeployment:
         scores = [
             r for start in range(0, len(requests), size) for r in self.scorer.score(requests[start : start + size])
         ]
-        self.latency.set(time.perf_counter() - started, tags=self.replica_tag)
-        self.batch_size.set(len(requests), tags=self.replica_tag)
+        tags = self.replica_tag
+        self.gauges.set("dudi_teacher_latency_s", time.perf_counter() - started, tags, "Seconds per score_many call")
+        self.gauges.set("dudi_teacher_batch_size", len(requests), tags, "Sequences per score_many call")
         return scores
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

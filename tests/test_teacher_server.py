@@ -4,6 +4,7 @@ bad requests, and in-place weight updates (the EMA teacher)."""
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -157,3 +158,22 @@ def test_pushed_weights_replace_the_teacher_and_are_reported(teacher, tmp_path):
     save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(tmp_path / "model.safetensors"))
     [restored] = handle.score_many.remote([request], TeacherWeights(8, path=str(tmp_path))).result()
     np.testing.assert_allclose(restored.full_logprobs, direct_logprobs(model, [1, 2, 3], [4, 5]).numpy(), atol=1e-5)
+
+
+def test_a_live_replica_keeps_its_latency_and_batch_size_on_the_metrics_endpoint(teacher):
+    from test_dashboard_metrics import TEACHER_METRICS, scrape, wait_for
+
+    handle, _, _ = teacher
+    replica = handle.info.remote().result()["replica"]
+    handle.score_many.remote([ScoreRequest([1, 2], [3, 4], top_k=4)] * 3).result()
+
+    def ours(samples: dict, name: str) -> list[float]:
+        return [value for labels, value in samples.get(name, []) if labels.get("replica") == replica]
+
+    wait_for(lambda: all(ours(scrape(), name) for name in TEACHER_METRICS), 60, "teacher metrics not on the endpoint")
+    # Later than Ray keeps a gauge set once (about 20 s): the replica sets its last values again while it lives.
+    time.sleep(30)
+    samples = scrape()
+    for name, (low, high) in TEACHER_METRICS.items():
+        assert len(ours(samples, name)) == 1 and low <= ours(samples, name)[0] <= high, (name, samples.get(name))
+    assert ours(samples, "dudi_teacher_batch_size") == [3.0]  # the size of the last call
