@@ -27,5 +27,7 @@ step python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_chunked.py
   tests/test_scorer_heads.py
 step python3 benchmarks/loss_memory.py --device cuda --out "$out"
 step python3 benchmarks/scorer_speed.py --shape qwen2.5-0.5b --dtype bfloat16 --prompt-len 256 --out "$out"
+# The platform, not the project: whether CUDA IPC works here decides how the colocated GPU weight sync is tested.
+step python3 benchmarks/cuda_ipc_check.py
 if ((${#failed[@]})); then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi
 echo "all GPU checks passed"
