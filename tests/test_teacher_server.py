@@ -4,7 +4,6 @@ bad requests, and in-place weight updates (the EMA teacher)."""
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -160,7 +159,7 @@ def test_pushed_weights_replace_the_teacher_and_are_reported(teacher, tmp_path):
     np.testing.assert_allclose(restored.full_logprobs, direct_logprobs(model, [1, 2, 3], [4, 5]).numpy(), atol=1e-5)
 
 
-def test_a_live_replica_keeps_its_latency_and_batch_size_on_the_metrics_endpoint(teacher):
+def test_a_live_replica_has_its_latency_and_batch_size_on_the_metrics_endpoint(teacher):
     from test_dashboard_metrics import TEACHER_METRICS, scrape, wait_for
 
     handle, _, _ = teacher
@@ -170,9 +169,9 @@ def test_a_live_replica_keeps_its_latency_and_batch_size_on_the_metrics_endpoint
     def ours(samples: dict, name: str) -> list[float]:
         return [value for labels, value in samples.get(name, []) if labels.get("replica") == replica]
 
+    # The replica sets its last values again while it lives (how long that lasts: test_dashboard_metrics.py's
+    # kept-gauge test), so however late the scrape, they are there.
     wait_for(lambda: all(ours(scrape(), name) for name in TEACHER_METRICS), 60, "teacher metrics not on the endpoint")
-    # Later than Ray keeps a gauge set once (about 20 s): the replica sets its last values again while it lives.
-    time.sleep(30)
     samples = scrape()
     for name, (low, high) in TEACHER_METRICS.items():
         assert len(ours(samples, name)) == 1 and low <= ours(samples, name)[0] <= high, (name, samples.get(name))
