@@ -4,8 +4,9 @@
 
 For each model (the tiny world's student; a random float32 Qwen2 of Qwen2.5-0.5B's shape, with the tiny tokenizer)
 one DeepSpeed learner rank (ZeRO-3) and one vLLM worker start on this machine, and `PolicySync` pushes the weights
-and waits until the worker has them in place: through files in /dev/shm (the same-node path) and through the gloo
-weight group (the path that crosses nodes). A sync's time runs from the push to the worker's last byte loaded
+and waits until the worker has them in place: through shared-memory buffers the worker maps (the same-node default),
+through files in /dev/shm (the other same-node path) and through the gloo weight group (the path that crosses
+nodes). A sync's time runs from the push to the worker's last byte loaded
 (gather, copy-out, transfer, vLLM's in-place reload and repacking). The reference is `torch` copying one buffer of
 the same size on this machine. Best of `--repeats`. Writes `benchmarks/results/weight_sync.md` and `.json`.
 
@@ -138,7 +139,7 @@ def measure(shape: str, repeats: int, tmp: Path) -> dict:
         nbytes = sum(spec.nbytes for bucket in buckets for spec in bucket)
         row = {"model": shape, "bytes": nbytes, "buckets": len(buckets), "memcpy_s": memcpy_seconds(nbytes, repeats)}
         version = 0
-        for transport in ("files", "broadcast"):
+        for transport in ("shared", "files", "broadcast"):
             sync = PolicySync(learner, rollout, WeightSyncConfig(transport=transport))
             best = float("inf")
             for _ in range(repeats + 1):  # the first push also warms up the engine's reload path
@@ -168,14 +169,15 @@ def markdown(report: dict) -> str:
         "reload from tensors already in the worker's memory (no transport at all); repack: its share spent building "
         "the CPU GEMM kernels' packed weights (oneDNN), copy: its share in tensor copies.",
         "",
-        "| model | MiB | buckets | memcpy (s) | files via /dev/shm (s) | × memcpy | gloo broadcast (s) | × memcpy "
-        "| engine floor (s) | × memcpy | repack | copy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | MiB | buckets | memcpy (s) | shared memory (s) | × memcpy | files via /dev/shm (s) | × memcpy "
+        "| gloo broadcast (s) | × memcpy | engine floor (s) | × memcpy | repack | copy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         memcpy = r["memcpy_s"]
         lines.append(
-            f"| {r['model']} | {r['bytes'] / 2**20:.1f} | {r['buckets']} | {memcpy:.4f} | {r['files_s']:.4f} | "
+            f"| {r['model']} | {r['bytes'] / 2**20:.1f} | {r['buckets']} | {memcpy:.4f} | {r['shared_s']:.4f} | "
+            f"{r['shared_s'] / memcpy:.1f} | {r['files_s']:.4f} | "
             f"{r['files_s'] / memcpy:.1f} | {r['broadcast_s']:.4f} | {r['broadcast_s'] / memcpy:.1f} | "
             f"{r['engine_floor_s']:.4f} | {r['engine_floor_s'] / memcpy:.1f} | "
             f"{r['engine_floor_repack_share']:.0%} | {r['engine_floor_copy_share']:.0%} |"

@@ -60,6 +60,15 @@ class LearnerGroup:
         """The current weights as safetensors files in `{directory}/v{version}` on rank 0's node."""
         return ray.get([r.publish_weights.remote(version, directory) for r in self.ranks])[0]
 
+    def share_weights(self, version: int, consumers: int) -> PublishedWeights:
+        """The current weights in buffers that `consumers` processes on rank 0's node map without a copy (CUDA IPC
+        on a GPU, shared memory on CPU): per consumer, one handle per bucket. Held until `release_shared_weights`."""
+        return ray.get([r.share_weights.remote(version, consumers) for r in self.ranks])[0]
+
+    def release_shared_weights(self, version: int) -> None:
+        """Frees a shared version once its consumers are done with it (returns at once)."""
+        self.ranks[0].release_shared_weights.remote(version)
+
     def ema_state(self):
         """A Ray object ref to the EMA of the weights ({HF name: tensor}), readable from any node."""
         if self.ema_decay is None:
@@ -81,6 +90,10 @@ class LearnerGroup:
 
     def weights_digest(self) -> dict[str, str]:
         return ray.get([r.weights_digest.remote() for r in self.ranks])[0]
+
+    def gpu_uuid(self) -> str | None:
+        """The GPU of rank 0's weights (None on CPU)."""
+        return ray.get(self.ranks[0].gpu_uuid.remote())
 
     def node_id(self) -> str:
         return ray.get(self.ranks[0].node_id.remote())

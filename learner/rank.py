@@ -63,6 +63,7 @@ class LearnerRank:
         self.device = "cpu"
         self.bucket_plan = None  # the weights' buckets, fixed at the first publish
         self.broadcaster = None  # rank 0's end of the weight group, once opened
+        self.shared_versions: dict[int, list] = {}  # rank 0: version → buffers its consumers map, until released
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group."""
@@ -215,6 +216,36 @@ class LearnerRank:
                 save_file(state, str(target / f"model-{index:05d}.safetensors"), metadata=metadata)
         return PublishedWeights(version=version, path=str(target)) if self.rank == 0 else None
 
+    def share_weights(self, version: int, consumers: int) -> PublishedWeights | None:
+        """Copies the full weights, bucket by bucket, into buffers that processes on this node map without a copy
+        (CUDA IPC on a GPU, shared memory on CPU), and makes a handle on each for every one of `consumers`. Rank 0
+        holds the buffers until `release_shared_weights(version)`."""
+        from dudi_common.shared_tensors import free_orphaned_buffers
+        from learner.weight_sync import gathered_buckets, plan_buckets, share_bucket
+
+        if self.bucket_plan is None:
+            self.bucket_plan = plan_buckets(self.engine.module, self.config.publish_bucket_mib << 20)
+            if self.rank == 0:
+                free_orphaned_buffers()  # of an earlier learner on this node that was killed (an OOM kill, say)
+        buffers, handles = [], []
+        zero3 = self.config.zero_stage == 3
+        for bucket in gathered_buckets(self.engine.module, self.bucket_plan, zero3, copy=self.rank == 0, views=True):
+            if self.rank == 0:
+                buffer, bucket_handles = share_bucket(bucket, consumers)
+                buffers.append(buffer)
+                handles.append(bucket_handles)
+        if self.rank != 0:
+            return None
+        self.shared_versions[version] = buffers
+        per_consumer = [[bucket_handles[i] for bucket_handles in handles] for i in range(consumers)]
+        return PublishedWeights(version=version, buckets=self.bucket_plan, shared=per_consumer)
+
+    def release_shared_weights(self, version: int) -> None:
+        """Frees a shared version's buffers: their memory goes once every consumer has dropped its mapping (at once
+        if they all have)."""
+        for buffer in self.shared_versions.pop(version, []):
+            buffer.free()
+
     def ema_state(self) -> dict:
         """Rank 0's EMA of the weights in the training dtype, {HF name: tensor} (through the Ray object store)."""
         if self.rank != 0 or self.ema is None:
@@ -233,6 +264,13 @@ class LearnerRank:
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+    def gpu_uuid(self) -> str | None:
+        """The GPU holding this rank's weights (None on CPU): who may map its shared buffers by CUDA IPC."""
+        from dudi_common.shared_tensors import gpu_uuid
+
+        device = next(self.engine.module.parameters()).device
+        return gpu_uuid(device) if device.type == "cuda" else None
 
     def open_weight_group(self, host: str, port: int, world_size: int) -> None:
         """Rank 0 becomes rank 0 of a group with `world_size - 1` consumers (they join concurrently); broadcasts

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dudi_common.shared_tensors import SharedTensor
+
 
 @dataclass
 class TokenSequences:
@@ -101,10 +103,13 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class PublishedWeights:
-    """A version of the full weights published by rank 0 for other components, in one of two forms:
+    """A version of the full weights published by rank 0 for other components, in one of three forms:
     `path`: a directory of safetensors files (HF names) on rank 0's node; `buckets`: the tensors of each bucket
-    in the order they were broadcast over the weight group (`LearnerGroup.open_weight_group`)."""
+    in the order they were broadcast over the weight group (`LearnerGroup.open_weight_group`); `buckets` with
+    `shared`: per consumer, per bucket, a handle on a buffer holding that bucket's tensors back to back, which
+    processes on rank 0's node map without a copy (held by rank 0 until `release_shared_weights`)."""
 
     version: int
     path: str | None = None
     buckets: list[list[TensorSpec]] | None = None
+    shared: list[list[SharedTensor]] | None = None

@@ -1,8 +1,10 @@
 """Learner rank 0 → other processes: the full weights, gathered and sent bucket by bucket.
 
-Two ways out, both fed by `gathered_buckets` (under ZeRO-3 each bucket's parameters are gathered, copied and
+Three ways out, all fed by `gathered_buckets` (under ZeRO-3 each bucket's parameters are gathered, copied and
 released before the next bucket: the whole model is never gathered at once):
-- `write_files`: one safetensors file per bucket in a directory (the same-node path through /dev/shm);
+- safetensors files, one per bucket, in a directory (`LearnerRank.publish_weights`; same node, through /dev/shm);
+- `share_bucket`: each bucket flattened into one buffer other processes on this node map without a copy (CUDA IPC
+  on a GPU, shared memory on CPU), one handle per consumer;
 - `WeightBroadcaster`: a process group (gloo on CPU) between rank 0 and every consumer process, which needs no
   shared filesystem and crosses nodes. Every tensor travels as its raw bytes, so receivers get bit-identical
   weights. Broadcasts are posted asynchronously: rank 0 returns as soon as each bucket is copied out, and the
@@ -42,11 +44,12 @@ def plan_buckets(module, bucket_bytes: int) -> list[list[TensorSpec]]:
 
 
 def gathered_buckets(
-    module, buckets: list[list[TensorSpec]], zero3: bool, copy: bool = True
+    module, buckets: list[list[TensorSpec]], zero3: bool, copy: bool = True, views: bool = False
 ) -> Iterator[list[tuple[TensorSpec, torch.Tensor]]]:
     """Full CPU copies of each bucket's parameters. Under ZeRO-3 every rank must iterate (gathering is
     collective); each bucket is released before the next one is gathered. `copy=False` (ranks that only take part
-    in the gathers) yields empty buckets.
+    in the gathers) yields empty buckets. `views=True` yields the gathered parameters themselves, on their own
+    device, valid only until the next bucket is asked for (for a consumer that copies them out at once).
 
     Copies, not views of the live weights, although today's consumers copy again or only read: views would hold
     every consumer to finishing with a bucket before asking for the next (the EMA, which keeps what it is given,
@@ -59,7 +62,7 @@ def gathered_buckets(
         members = [params[spec.name] for spec in bucket]
         with deepspeed.zero.GatheredParameters(members, modifier_rank=None, enabled=zero3):
             yield [
-                (spec, p.detach().to("cpu", copy=True).contiguous())
+                (spec, p.detach() if views else p.detach().to("cpu", copy=True).contiguous())
                 for spec, p in zip(bucket, members, strict=True)
                 if copy
             ]
@@ -70,9 +73,20 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def flatten(bucket: list[tuple[TensorSpec, torch.Tensor]]) -> torch.Tensor:
+def flatten(bucket: list[tuple[TensorSpec, torch.Tensor]], out: torch.Tensor | None = None) -> torch.Tensor:
     """One uint8 buffer holding the bucket's tensors back to back (what a receiver splits with the same specs)."""
-    return torch.cat([t.reshape(-1).view(torch.uint8) for _, t in bucket])
+    return torch.cat([t.reshape(-1).view(torch.uint8) for _, t in bucket], out=out)
+
+
+def share_bucket(bucket: list[tuple[TensorSpec, torch.Tensor]], consumers: int):
+    """The bucket copied once into a `SharedBuffer` on its own device, and one handle on it per consumer
+    (`dudi_common.shared_tensors`). Free the buffer once every consumer is done with it."""
+    from dudi_common.shared_tensors import SharedBuffer
+
+    device = bucket[0][1].device if bucket else torch.device("cpu")
+    buffer = SharedBuffer(sum(spec.nbytes for spec, _ in bucket), device)
+    flatten(bucket, out=buffer.tensor)
+    return buffer, [buffer.handle() for _ in range(consumers)]
 
 
 class WeightBroadcaster:

@@ -176,15 +176,16 @@ class WeightSyncConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    transport: Literal["auto", "files", "broadcast"] = Field(
+    transport: Literal["auto", "shared", "files", "broadcast"] = Field(
         "auto",
-        description="files: safetensors in /dev/shm, read by workers on the learner's node; broadcast: a gloo "
-        "process group from learner rank 0 to every engine, any node; auto: files when every worker shares the "
-        "learner's node, else broadcast.",
+        description="shared: buffers on the learner's node that workers map without a copy (CUDA IPC when they "
+        "share the learner's GPU, shared memory on CPU); files: safetensors in /dev/shm, read by workers on the "
+        "learner's node; broadcast: a gloo process group from learner rank 0 to every engine, any node; auto: "
+        "shared when every worker is on the learner's node (files if they cannot see its GPU), else broadcast.",
     )
     verify: bool = Field(
         False,
-        description="After every broadcast, wait for it and compare a sha256 of every tensor on both ends (slow).",
+        description="After every push, wait for it and compare a sha256 of every tensor on both ends (slow).",
     )
 
 

@@ -2,10 +2,14 @@
 
 - files: rank 0 writes safetensors files (one per bucket) under /dev/shm; every worker reloads them. Only for
   workers on rank 0's node (a same-node path, even where several Ray nodes share one machine's /dev/shm).
+- shared: rank 0 copies each bucket into a buffer that workers on its node map without a copy (CUDA IPC when
+  worker and learner share a GPU, shared memory on CPU) and hands each worker its own handles through Ray; rank 0
+  frees a version's buffers once every worker has loaded it. Same node only.
 - broadcast: rank 0 and every engine's worker process form a gloo process group; buckets travel as raw bytes,
   bit-identical, over the network. Works across nodes; opened once per learner group.
 
-`auto` takes files when every worker runs on rank 0's node and broadcast otherwise. Loads are queued on the
+`auto` (`choose_transport`) takes shared when every worker runs on rank 0's node (and, with the learner on a GPU,
+sees that GPU), files when the workers are on rank 0's node but cannot map its GPU, and broadcast otherwise. Loads are queued on the
 workers behind the calls already there, so a sync never waits for a generation in flight; `wait()` does.
 
 A worker that died and was restarted by Ray is given the current weights with `restore`: through a file on the
@@ -24,11 +28,35 @@ import ray
 from learner.group import LearnerGroup
 from orchestrator.config import WeightSyncConfig
 from rollout.group import LOST_WORKER_ERRORS, RolloutGroup
-from rollout.types import WeightGroupSpec, WeightSnapshot
+from rollout.types import SharedBucket, WeightGroupSpec, WeightSnapshot
 
 
 def same_node_dir() -> str | None:
     return "/dev/shm" if Path("/dev/shm").is_dir() else None
+
+
+def choose_transport(
+    requested: str, learner_node: str, worker_nodes: list[str], learner_gpu: str | None, worker_gpus: list[list[str]]
+) -> str:
+    """The transport for `requested` ("auto" or a name) given where the learner's rank 0 and the workers are:
+    their Ray nodes and, on GPUs, the GPU holding rank 0's weights and the GPUs each worker sees."""
+    same_node = set(worker_nodes) == {learner_node}
+    sees_learner_gpu = learner_gpu is None or all(learner_gpu in gpus for gpus in worker_gpus)
+    if requested == "auto":
+        if not same_node:
+            return "broadcast"
+        return "shared" if sees_learner_gpu else "files"
+    if requested in ("files", "shared") and not same_node:
+        raise ValueError(
+            f"weight_sync.transport={requested!r} needs every rollout worker on the learner's node (learner rank 0: "
+            f"{learner_node[:8]}; workers: {sorted({n[:8] for n in worker_nodes})}): use 'broadcast' or 'auto'"
+        )
+    if requested == "shared" and not sees_learner_gpu:
+        raise ValueError(
+            f"weight_sync.transport='shared' maps the learner's GPU ({learner_gpu}) by CUDA IPC, and not every "
+            f"rollout worker sees it (they see {worker_gpus}): colocate them on that GPU, or use 'files' or 'auto'"
+        )
+    return requested
 
 
 class PolicySync:
@@ -38,12 +66,16 @@ class PolicySync:
         self.learner = learner
         self.rollout = rollout
         self.cfg = cfg
-        self.transport = cfg.transport
-        if self.transport == "auto":
-            colocated = set(rollout.node_ids()) == {learner.node_id()}
-            self.transport = "files" if colocated and same_node_dir() else "broadcast"
+        self.transport = choose_transport(
+            cfg.transport,
+            learner_node=learner.node_id(),
+            worker_nodes=rollout.node_ids(),
+            learner_gpu=learner.gpu_uuid(),
+            worker_gpus=rollout.gpu_uuids(),
+        )
         self.weights_dir = tempfile.mkdtemp(prefix="dudi-weights-", dir=same_node_dir())
-        self._in_flight: deque[tuple[list, str | None]] = deque()  # (pending loads, directory to delete after)
+        # Per push, oldest first: (pending loads, files to delete / shared version to free once they are done).
+        self._in_flight: deque[tuple[list, str | int | None]] = deque()
         self.verified = 0  # pushes whose bytes were compared on both ends (with `verify`)
         if self.transport == "broadcast":
             self._open_group()
@@ -65,13 +97,17 @@ class PolicySync:
         """Publishes the learner's weights as `version` and queues the load on every worker (no waiting)."""
         if self.transport == "files":
             published = self.learner.publish_weights(version, self.weights_dir)
-            pending = self.rollout.load_weights(WeightSnapshot(version, published.path), wait=False, lasting=False)
+            snapshot = WeightSnapshot(version, published.path, record_digest=self.cfg.verify)
+            pending = self.rollout.load_weights(snapshot, wait=False, lasting=False)
             self._in_flight.append((pending, published.path))
+        elif self.transport == "shared":
+            pending = self.rollout.load_weights(self._shared_snapshots(version, len(self.rollout.workers)), wait=False)
+            self._in_flight.append((pending, version))
         else:
             self.learner.broadcast_weights(version)
             pending = self.rollout.load_weights(WeightSnapshot(version), wait=False)
             self._in_flight.append((pending, None))
-        if self.cfg.verify and self.transport == "broadcast":
+        if self.cfg.verify:
             self._collect(block=True)  # a check, not a fast path: the learner must not move on before it
             self.check_identical()
         self._collect(block=False)
@@ -86,10 +122,27 @@ class PolicySync:
                 self.rollout.load_weights(WeightSnapshot(version, published.path), workers=lost, lasting=False)
             finally:
                 shutil.rmtree(published.path, ignore_errors=True)
+        elif self.transport == "shared":
+            try:
+                self.rollout.load_weights(self._shared_snapshots(version, len(lost)), workers=lost)
+            finally:
+                self.learner.release_shared_weights(version)
         else:
             self._open_group()  # every member joins a new group: the dead one broke the old
             self.learner.broadcast_weights(version)
             self.rollout.load_weights(WeightSnapshot(version))  # all of them: a broadcast reaches every member
+
+    def _shared_snapshots(self, version: int, consumers: int) -> list[WeightSnapshot]:
+        published = self.learner.share_weights(version, consumers)
+        tensors = [[(s.name, s.dtype, tuple(s.shape)) for s in bucket] for bucket in published.buckets]
+        return [
+            WeightSnapshot(
+                version,
+                shared=[SharedBucket(h, t) for h, t in zip(handles, tensors, strict=True)],
+                record_digest=self.cfg.verify,
+            )
+            for handles in published.shared
+        ]
 
     def wait(self) -> None:
         """Blocks until every queued load has been applied."""
@@ -105,9 +158,9 @@ class PolicySync:
         self.verified += 1
 
     def _collect(self, block: bool) -> None:
-        """Forgets finished loads (oldest first) and deletes the files no worker will read again."""
+        """Forgets finished loads (oldest first) and frees the files or buffers no worker will read again."""
         while self._in_flight:
-            pending, path = self._in_flight[0]
+            pending, source = self._in_flight[0]
             if not block and ray.wait(pending, num_returns=len(pending), timeout=0)[1]:
                 return
             for load in pending:
@@ -116,8 +169,10 @@ class PolicySync:
                 except LOST_WORKER_ERRORS:
                     pass  # a worker that died: the rollout group restores it when it next asks for work
             self._in_flight.popleft()
-            if path is not None:
-                shutil.rmtree(path, ignore_errors=True)
+            if isinstance(source, str):
+                shutil.rmtree(source, ignore_errors=True)
+            elif isinstance(source, int):
+                self.learner.release_shared_weights(source)
 
     def close(self) -> None:
         try:

@@ -140,15 +140,23 @@ class RolloutGroup:
         return self._fan_out("rank_ids", requests, n)
 
     def load_weights(
-        self, snapshot: WeightSnapshot, wait: bool = True, workers: list[int] | None = None, lasting: bool = True
+        self,
+        snapshot: WeightSnapshot | list[WeightSnapshot],
+        wait: bool = True,
+        workers: list[int] | None = None,
+        lasting: bool = True,
     ) -> list:
-        """Every worker (or those of `workers`) takes the snapshot in place, after the calls already queued on it.
+        """Every worker (or those of `workers`) takes the snapshot in place, after the calls already queued on it;
+        a list gives each chosen worker its own (shared buffers: one handle per worker).
         `wait=False` returns the pending calls (Ray object refs of the versions) instead of the versions.
         `lasting`: the snapshot's files stay (a checkpoint), so a restarted worker can be given them again."""
-        if lasting and snapshot.path is not None:
-            self.weights_source = snapshot
-        chosen = range(len(self.workers)) if workers is None else workers
-        pending = [self.workers[i].load_weights.remote(snapshot) for i in chosen]
+        chosen = list(range(len(self.workers)) if workers is None else workers)
+        snapshots = snapshot if isinstance(snapshot, list) else [snapshot] * len(chosen)
+        if len(snapshots) != len(chosen):
+            raise ValueError(f"{len(snapshots)} snapshots for {len(chosen)} workers")
+        if lasting and snapshots[0].path is not None:
+            self.weights_source = snapshots[0]
+        pending = [self.workers[i].load_weights.remote(s) for i, s in zip(chosen, snapshots, strict=True)]
         return ray.get(pending) if wait else pending
 
     def reseed(self, seed: int) -> None:
@@ -166,6 +174,10 @@ class RolloutGroup:
 
     def node_ids(self) -> list[str]:
         return ray.get([w.node_id.remote() for w in self.workers])
+
+    def gpu_uuids(self) -> list[list[str]]:
+        """Per worker, the GPUs it sees (empty on CPU)."""
+        return ray.get([w.gpu_uuids.remote() for w in self.workers])
 
     def policy_versions(self) -> list[int]:
         return ray.get([w.get_policy_version.remote() for w in self.workers])

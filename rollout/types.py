@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dudi_common.shared_tensors import SharedTensor
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -46,12 +48,26 @@ class TopIdsRequest:
 
 
 @dataclass(frozen=True)
+class SharedBucket:
+    """One bucket of a version, in a buffer on the worker's node that it maps without a copy: the tensors
+    (HF name, dtype name, shape) back to back, in this order."""
+
+    handle: SharedTensor
+    tensors: list[tuple[str, str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
 class WeightSnapshot:
     """A published version of the full weights: safetensors files (HF names) in `path`, a directory on the
-    worker's node, or, with `path=None`, the next broadcast over the weight group the workers joined."""
+    worker's node; buckets in `shared` buffers on the worker's node (this worker's own handles); or, with
+    neither, the next broadcast over the weight group the workers joined. `record_digest`: the worker keeps a
+    sha256 of every tensor of the files or shared buffers it takes (for a check against the learner's; a
+    broadcast's are kept when joining the group asks for them)."""
 
     version: int
     path: str | None = None
+    shared: list[SharedBucket] | None = None
+    record_digest: bool = False
 
 
 class WeightsLost(RuntimeError):

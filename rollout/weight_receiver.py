@@ -1,8 +1,10 @@
 """Runs inside vLLM's worker process (`worker_extension_cls`): takes new weights in place, keeps tied heads tied,
 and restarts the sampler's random stream on demand.
 
-Weights arrive in one of two ways:
+Weights arrive in one of three ways:
 - `receive_weights(path)`: safetensors files in a directory on this node (the same-node path through /dev/shm);
+- `receive_shared(buckets)`: buffers of the learner's rank 0 on this node, mapped without a copy (CUDA IPC on a
+  GPU, shared memory on CPU; `dudi_common.shared_tensors`) and streamed into `reload_weights` bucket by bucket;
 - `receive_broadcast()`: bucket by bucket over a process group with the learner's rank 0 (gloo on CPU), joined
   once with `join_weight_group`. Nothing touches a filesystem, so learner and engine may sit on different nodes.
   Buckets stream into `reload_weights` as they arrive, and the next bucket's receive is posted before the current
@@ -24,9 +26,11 @@ from datetime import timedelta
 
 
 class WeightReceiver:
-    def receive_weights(self, weights_path: str) -> None:
+    def receive_weights(self, weights_path: str, record_digest: bool = False) -> None:
         self.model_runner.reload_weights(weights_path=weights_path)
         self._after_reload()
+        if record_digest:
+            self._digest = _files_digest(weights_path)
 
     def join_weight_group(
         self, host: str, port: int, rank: int, world_size: int, own_host: str, buckets: list, record_digest: bool
@@ -45,6 +49,13 @@ class WeightReceiver:
         self._weight_buckets = buckets
         self._record_digest = record_digest
         self._digest: dict[str, str] = {}
+
+    def receive_shared(self, buckets: list, record_digest: bool) -> None:
+        """`buckets`: `rollout.types.SharedBucket`s of one version, this worker's own handles."""
+        self._record_digest = record_digest
+        self._digest = {}
+        self.model_runner.reload_weights(weights_iterator=self._shared_stream(buckets))
+        self._after_reload()
 
     def receive_broadcast(self) -> None:
         stream = self._broadcast_stream()
@@ -71,25 +82,39 @@ class WeightReceiver:
         options.rootRank = 0
 
         def post(bucket):
-            sizes = [_nbytes(dtype, shape) for _, dtype, shape in bucket]
-            buffer = torch.empty(sum(sizes), dtype=torch.uint8)
-            return self._weight_group.broadcast([buffer], options), buffer, sizes
+            buffer = torch.empty(sum(_nbytes(dtype, shape) for _, dtype, shape in bucket), dtype=torch.uint8)
+            return self._weight_group.broadcast([buffer], options), buffer
 
         buckets = self._weight_buckets
         incoming = post(buckets[0]) if buckets else None
         for index, bucket in enumerate(buckets):
-            work, buffer, sizes = incoming
+            work, buffer = incoming
             work.wait()
             # Broadcasts on one group complete in the order posted, as the learner posts them: the next one may
             # run while this bucket is loaded.
             incoming = post(buckets[index + 1]) if index + 1 < len(buckets) else None
-            offset = 0
-            for (name, dtype, shape), size in zip(bucket, sizes, strict=True):
-                raw = buffer[offset : offset + size]
-                offset += size
-                if self._record_digest:
-                    self._digest[name] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
-                yield name, raw.view(getattr(torch, dtype)).view(shape)
+            yield from self._split(buffer, bucket)
+
+    def _shared_stream(self, buckets):
+        from dudi_common.shared_tensors import open_shared
+
+        for bucket in buckets:
+            # Views of the mapping go to vLLM, which copies them into its parameters; once they are dropped the
+            # learner can free the buffer.
+            yield from self._split(open_shared(bucket.handle), bucket.tensors)
+
+    def _split(self, buffer, tensors):
+        """(name, tensor) of each tensor laid out back to back in a flat uint8 `buffer`."""
+        import torch
+
+        offset = 0
+        for name, dtype, shape in tensors:
+            size = _nbytes(dtype, shape)
+            raw = buffer[offset : offset + size]
+            offset += size
+            if self._record_digest:
+                self._digest[name] = hashlib.sha256(raw.cpu().numpy().tobytes()).hexdigest()
+            yield name, raw.view(getattr(torch, dtype)).view(tuple(shape))
 
     def _after_reload(self) -> None:
         if getattr(self.model_runner.model_config.hf_config, "tie_word_embeddings", False):
@@ -103,6 +128,22 @@ class WeightReceiver:
             raise RuntimeError(f"cannot re-tie the LM head of {type(model).__name__}: no lm_head / model.embed_tokens")
         head.weight = embedding.weight
         head.quant_method.process_weights_after_loading(head)
+
+
+def _files_digest(directory: str) -> dict[str, str]:
+    """sha256 of every tensor's raw bytes in a directory of safetensors files."""
+    from pathlib import Path
+
+    import torch
+    from safetensors import safe_open
+
+    digest = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as tensors:
+            for name in tensors.keys():  # noqa: SIM118 (safe_open is not a dict)
+                raw = tensors.get_tensor(name).contiguous().reshape(-1).view(torch.uint8)
+                digest[name] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
+    return digest
 
 
 def _nbytes(dtype: str, shape) -> int:

@@ -138,7 +138,11 @@ class RolloutWorker:
 
     def load_weights(self, snapshot: WeightSnapshot) -> int:
         if snapshot.path is not None:
-            self.llm.collective_rpc("receive_weights", kwargs={"weights_path": snapshot.path})
+            kwargs = {"weights_path": snapshot.path, "record_digest": snapshot.record_digest}
+            self.llm.collective_rpc("receive_weights", kwargs=kwargs)
+        elif snapshot.shared is not None:
+            kwargs = {"buckets": snapshot.shared, "record_digest": snapshot.record_digest}
+            self.llm.collective_rpc("receive_shared", kwargs=kwargs)
         elif self.in_weight_group:
             self.llm.collective_rpc("receive_broadcast")
         else:  # restarted since it joined: the group's other members wait on a new group (`PolicySync.restore`)
@@ -170,13 +174,22 @@ class RolloutWorker:
         self.in_weight_group = True
 
     def received_digest(self) -> dict[str, str]:
-        """sha256 per tensor of the last broadcast received (with `record_digest`)."""
+        """sha256 per tensor of the last weights received with `record_digest` (or over the weight group, joined
+        with `record_digest`)."""
         return self.llm.collective_rpc("received_digest")[0]
 
     def node_id(self) -> str:
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+    def gpu_uuids(self) -> list[str]:
+        """The GPUs this worker sees (none on CPU): the learner's shared buffers on one of them can be mapped."""
+        import torch
+
+        from dudi_common.shared_tensors import gpu_uuid
+
+        return [gpu_uuid(i) for i in range(torch.cuda.device_count())] if self.config.num_gpus_per_worker else []
 
     def get_policy_version(self) -> int:
         return self.policy_version

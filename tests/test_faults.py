@@ -149,7 +149,8 @@ def test_a_learner_rank_killed_stops_the_run_with_a_resume_hint(
 
 
 # Broadcast only (each variant restarts a vLLM engine, about 40 s): its restore opens a new group around the
-# restarted worker, while a files restore is the publish-and-load of every same-node step, sent to that worker only.
+# restarted worker, while a shared or files restore is a same-node push sent to that worker only
+# (`tests/test_weight_transports.py` restores a live worker through each).
 @pytest.mark.parametrize("transport", ["broadcast"])
 def test_a_rollout_worker_killed_mid_generation_is_restarted_with_the_current_weights(
     run, shared_rollout, tiny_world, serve_port, tmp_path, transport
