@@ -22,8 +22,10 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the message types import this module; a driver that only passes handles on needs no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class SharedBuffer:
     writes into `tensor`, then hands out handles; `free()` once every consumer is done with them."""
 
     def __init__(self, nbytes: int, device: torch.device | str = "cpu"):
+        import torch
+
         self.device = torch.device(device)
         self.path: Path | None = None
         if self.device.type == "cuda":
@@ -71,6 +75,8 @@ class SharedBuffer:
 
 def open_shared(handle: SharedTensor) -> torch.Tensor:
     """The producer's buffer mapped into this process (read-only in effect on CPU: writes stay private)."""
+    import torch
+
     if handle.path is not None:
         return torch.from_file(handle.path, shared=False, size=handle.nbytes, dtype=torch.uint8)
     visible = {gpu_uuid(index): index for index in range(torch.cuda.device_count())}
@@ -96,6 +102,8 @@ def free_orphaned_buffers() -> list[str]:
 
 
 def gpu_uuid(device: torch.device | int) -> str:
+    import torch
+
     return str(torch.cuda.get_device_properties(device).uuid)
 
 

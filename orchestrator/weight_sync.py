@@ -1,19 +1,19 @@
 """Learner → rollout workers: versioned weights, through the transport the placement allows.
 
+- shared: rank 0 copies each bucket into a buffer that workers on its node map without a copy (a file in /dev/shm
+  on CPU, CUDA IPC when worker and learner share a GPU) and hands each worker its own handles through Ray; rank 0
+  frees a version's buffers once every worker has loaded it. Same node only.
 - files: rank 0 writes safetensors files (one per bucket) under /dev/shm; every worker reloads them. Only for
   workers on rank 0's node (a same-node path, even where several Ray nodes share one machine's /dev/shm).
-- shared: rank 0 copies each bucket into a buffer that workers on its node map without a copy (CUDA IPC when
-  worker and learner share a GPU, shared memory on CPU) and hands each worker its own handles through Ray; rank 0
-  frees a version's buffers once every worker has loaded it. Same node only.
 - broadcast: rank 0 and every engine's worker process form a gloo process group; buckets travel as raw bytes,
   bit-identical, over the network. Works across nodes; opened once per learner group.
 
 `auto` (`choose_transport`) takes shared when every worker runs on rank 0's node (and, with the learner on a GPU,
-sees that GPU), files when the workers are on rank 0's node but cannot map its GPU, and broadcast otherwise. Loads are queued on the
-workers behind the calls already there, so a sync never waits for a generation in flight; `wait()` does.
+sees that GPU), files when they are on its node but cannot see its GPU, and broadcast otherwise. Loads are queued
+on the workers behind the calls already there, so a sync never waits for a generation in flight; `wait()` does.
 
-A worker that died and was restarted by Ray is given the current weights with `restore`: through a file on the
-same node, or by everyone joining a new weight group (its death broke the old one) and one more broadcast.
+A worker that died and was restarted by Ray is given the current weights with `restore`: a same-node push to that
+worker only, or everyone joining a new weight group (its death broke the old one) and one more broadcast.
 """
 
 from __future__ import annotations
