@@ -7,7 +7,7 @@ a CPU one. A handle is a small picklable message, so it travels through Ray call
   was tried first: its segments are reference-counted by every process that maps them, so a consumer killed
   mid-load kept them alive for good, and Ray kills a dead worker's children, torch's shm manager among them, so
   nothing cleaned them up.) Files of a producer that was killed before freeing them are unlinked by
-  `free_orphaned_buffers`, which the next producer on the node runs.
+  `free_orphaned_buffers`, which the next learner rank 0 on the node runs as it starts.
 - CUDA: torch's CUDA IPC reduction of the buffer. Ray gives each actor its own `CUDA_VISIBLE_DEVICES`, so the same
   GPU may have different indices in producer and consumer: the handle names its GPU by UUID and the consumer maps
   it onto whichever of its visible devices has that UUID. Torch keeps the producer's memory allocated until every

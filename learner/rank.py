@@ -64,6 +64,10 @@ class LearnerRank:
         self.bucket_plan = None  # the weights' buckets, fixed at the first publish
         self.broadcaster = None  # rank 0's end of the weight group, once opened
         self.shared_versions: dict[int, list] = {}  # rank 0: version → buffers its consumers map, until released
+        if rank == 0:
+            from dudi_common.shared_tensors import free_orphaned_buffers
+
+            free_orphaned_buffers()  # of an earlier learner on this node that was killed (an OOM kill, say)
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group."""
@@ -185,13 +189,15 @@ class LearnerRank:
             # named_parameters() lists a tied lm_head once, under the embedding's name, as vLLM expects.
             return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in module.named_parameters()}
 
-    def _buckets(self):
-        """The full weights, bucket by bucket (collective under ZeRO-3: every rank must iterate)."""
+    def _buckets(self, views: bool = False):
+        """The full weights, bucket by bucket (collective under ZeRO-3: every rank must iterate); `views`: see
+        `gathered_buckets`."""
         from learner.weight_sync import gathered_buckets, plan_buckets
 
         if self.bucket_plan is None:
             self.bucket_plan = plan_buckets(self.engine.module, self.config.publish_bucket_mib << 20)
-        return gathered_buckets(self.engine.module, self.bucket_plan, self.config.zero_stage == 3, copy=self.rank == 0)
+        zero3 = self.config.zero_stage == 3
+        return gathered_buckets(self.engine.module, self.bucket_plan, zero3, copy=self.rank == 0, views=views)
 
     def _update_ema(self, decay: float) -> None:
         import torch
@@ -220,16 +226,10 @@ class LearnerRank:
         """Copies the full weights, bucket by bucket, into buffers that processes on this node map without a copy
         (CUDA IPC on a GPU, shared memory on CPU), and makes a handle on each for every one of `consumers`. Rank 0
         holds the buffers until `release_shared_weights(version)`."""
-        from dudi_common.shared_tensors import free_orphaned_buffers
-        from learner.weight_sync import gathered_buckets, plan_buckets, share_bucket
+        from learner.weight_sync import share_bucket
 
-        if self.bucket_plan is None:
-            self.bucket_plan = plan_buckets(self.engine.module, self.config.publish_bucket_mib << 20)
-            if self.rank == 0:
-                free_orphaned_buffers()  # of an earlier learner on this node that was killed (an OOM kill, say)
         buffers, handles = [], []
-        zero3 = self.config.zero_stage == 3
-        for bucket in gathered_buckets(self.engine.module, self.bucket_plan, zero3, copy=self.rank == 0, views=True):
+        for bucket in self._buckets(views=True):
             if self.rank == 0:
                 buffer, bucket_handles = share_bucket(bucket, consumers)
                 buffers.append(buffer)
