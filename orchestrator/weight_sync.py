@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 
 from learner.group import LearnerGroup
-from orchestrator.config import WeightSyncConfig
+from orchestrator.config import ConfigError, WeightSyncConfig
 from rollout.group import LOST_WORKER_ERRORS, RolloutGroup
 from rollout.types import SharedBucket, WeightGroupSpec, WeightSnapshot
 
@@ -39,7 +39,8 @@ def choose_transport(
     requested: str, learner_node: str, worker_nodes: list[str], learner_gpu: str | None, worker_gpus: list[list[str]]
 ) -> str:
     """The transport for `requested` ("auto" or a name) given where the learner's rank 0 and the workers are:
-    their Ray nodes and, on GPUs, the GPU holding rank 0's weights and the GPUs each worker sees."""
+    their Ray nodes and, on GPUs, the GPU holding rank 0's weights and the GPUs each worker sees. A transport the
+    placement cannot serve is a config error (the CLI prints it as one line)."""
     same_node = set(worker_nodes) == {learner_node}
     sees_learner_gpu = learner_gpu is None or all(learner_gpu in gpus for gpus in worker_gpus)
     if requested == "auto":
@@ -47,12 +48,12 @@ def choose_transport(
             return "broadcast"
         return "shared" if sees_learner_gpu else "files"
     if requested in ("files", "shared") and not same_node:
-        raise ValueError(
+        raise ConfigError(
             f"weight_sync.transport={requested!r} needs every rollout worker on the learner's node (learner rank 0: "
             f"{learner_node[:8]}; workers: {sorted({n[:8] for n in worker_nodes})}): use 'broadcast' or 'auto'"
         )
     if requested == "shared" and not sees_learner_gpu:
-        raise ValueError(
+        raise ConfigError(
             f"weight_sync.transport='shared' maps the learner's GPU ({learner_gpu}) by CUDA IPC, and not every "
             f"rollout worker sees it (they see {worker_gpus}): colocate them on that GPU, or use 'files' or 'auto'"
         )

@@ -9,6 +9,7 @@ import time
 import pytest
 import ray
 
+from orchestrator.config import ConfigError
 from orchestrator.weight_sync import choose_transport
 
 NODE, OTHER = "a" * 56, "b" * 56
@@ -26,11 +27,11 @@ def test_auto_maps_the_learners_buffers_on_its_node_and_broadcasts_across_nodes(
 
 
 def test_a_same_node_transport_asked_for_where_it_cannot_work_says_why():
-    with pytest.raises(ValueError, match=r"transport='shared' needs every rollout worker on the learner's node"):
+    with pytest.raises(ConfigError, match=r"transport='shared' needs every rollout worker on the learner's node"):
         choose_transport("shared", NODE, [NODE, OTHER], None, [[], []])
-    with pytest.raises(ValueError, match=r"transport='files' needs every rollout worker"):
+    with pytest.raises(ConfigError, match=r"transport='files' needs every rollout worker"):
         choose_transport("files", NODE, [OTHER], None, [[]])
-    with pytest.raises(ValueError, match=r"maps the learner's GPU \(GPU-11111111\) by CUDA IPC"):
+    with pytest.raises(ConfigError, match=r"maps the learner's GPU \(GPU-11111111\) by CUDA IPC"):
         choose_transport("shared", NODE, [NODE], GPU, [[OTHER_GPU]])
 
 
