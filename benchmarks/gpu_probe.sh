@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks as one short script, for a bare GPU box with torch and transformers (no Ray, vLLM or DeepSpeed):
 # the CUDA tests (objective, chunked loss, the whole DuDi loss with routing, teacher scorer), the learner's and the
-# scorer's CPU-tier tests again with a GPU present, the shared-buffer weight handoff by CUDA IPC, then the
-# loss-memory and teacher-scoring probes.
+# scorer's CPU-tier tests again with a GPU present, the shared-buffer weight handoff by CUDA IPC and the NCCL weight
+# group (on two GPUs or more), then the loss-memory and teacher-scoring probes.
 #
 #   bash benchmarks/gpu_probe.sh [RESULTS_DIR]      # from the repository root; results default to benchmarks/results
 #
@@ -26,8 +26,9 @@ step python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider tests/test_gpu
 # The learner's and the scorer's own tests must not depend on the machine having no GPU.
 step python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_chunked.py tests/test_objective.py \
   tests/test_scorer_heads.py
-# Colocated weight sync: rank 0's bucket mapped by CUDA IPC in an unrelated process, through the receiver's own code.
-step python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_shared_tensors.py
+# Weight sync through the receiver's own code: rank 0's bucket mapped by CUDA IPC in an unrelated process, and the
+# NCCL weight group (two GPUs and more only: NCCL refuses two ranks on one GPU, so one GPU reports it skipped).
+step python3 -m pytest -q -rs --noconftest -p no:cacheprovider tests/test_shared_tensors.py tests/test_weight_group.py
 step python3 benchmarks/loss_memory.py --device cuda --out "$out"
 step python3 benchmarks/scorer_speed.py --shape qwen2.5-0.5b --dtype bfloat16 --prompt-len 256 --out "$out"
 # The platform, not the project: whether CUDA IPC works here decides how the colocated GPU weight sync is tested.

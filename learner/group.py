@@ -80,9 +80,10 @@ class LearnerGroup:
         """(host, port) where rank 0 will listen, and the buckets every broadcast sends."""
         return ray.get(self.ranks[0].weight_group_plan.remote())
 
-    def open_weight_group(self, host: str, port: int, world_size: int) -> list:
-        """Rank 0 opens the group; returns the pending calls, which finish once every consumer has joined."""
-        return [r.open_weight_group.remote(host, port, world_size) for r in self.ranks]
+    def open_weight_group(self, host: str, port: int, world_size: int, backend: str = "gloo") -> list:
+        """Rank 0 opens the group over `backend` ("gloo" or "nccl"); returns the pending calls, which finish once
+        every consumer has joined."""
+        return [r.open_weight_group.remote(host, port, world_size, backend) for r in self.ranks]
 
     def broadcast_weights(self, version: int) -> PublishedWeights:
         """Posts the current weights to the weight group; returns once rank 0 has copied them out."""

@@ -272,13 +272,14 @@ class LearnerRank:
         device = next(self.engine.module.parameters()).device
         return gpu_uuid(device) if device.type == "cuda" else None
 
-    def open_weight_group(self, host: str, port: int, world_size: int) -> None:
-        """Rank 0 becomes rank 0 of a group with `world_size - 1` consumers (they join concurrently); broadcasts
-        follow the bucket plan of `weight_group_plan`. Other ranks only take part in the gathers."""
+    def open_weight_group(self, host: str, port: int, world_size: int, backend: str = "gloo") -> None:
+        """Rank 0 becomes rank 0 of a group with `world_size - 1` consumers (they join concurrently) over `backend`
+        (`dudi_common.weight_group`); broadcasts follow the bucket plan of `weight_group_plan`. Other ranks only
+        take part in the gathers."""
         from learner.weight_sync import WeightBroadcaster
 
         if self.rank == 0:
-            self.broadcaster = WeightBroadcaster(host, port, world_size)
+            self.broadcaster = WeightBroadcaster(host, port, world_size, backend)
 
     def broadcast_weights(self, version: int) -> PublishedWeights | None:
         """Posts this version's buckets to the weight group; returns once they are copied out, not received."""
@@ -286,7 +287,7 @@ class LearnerRank:
             if self.broadcaster is None:
                 raise RuntimeError("broadcast_weights before open_weight_group")
             self.broadcaster.wait()  # the previous version has reached every consumer
-        for bucket in self._buckets():
+        for bucket in self._buckets(views=True):  # `send` copies each bucket out before the next is gathered
             if self.rank == 0:
                 self.broadcaster.send(bucket)
         return PublishedWeights(version=version, buckets=self.bucket_plan) if self.rank == 0 else None

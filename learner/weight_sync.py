@@ -5,9 +5,9 @@ released before the next bucket: the whole model is never gathered at once):
 - safetensors files, one per bucket, in a directory (`LearnerRank.publish_weights`; same node, through /dev/shm);
 - `share_bucket`: each bucket flattened into one buffer other processes on this node map without a copy (CUDA IPC
   on a GPU, shared memory on CPU), one handle per consumer;
-- `WeightBroadcaster`: a process group (gloo on CPU) between rank 0 and every consumer process, which needs no
-  shared filesystem and crosses nodes. Every tensor travels as its raw bytes, so receivers get bit-identical
-  weights. Broadcasts are posted asynchronously: rank 0 returns as soon as each bucket is copied out, and the
+- `WeightBroadcaster`: a process group (gloo from host memory, NCCL between GPUs) between rank 0 and every
+  consumer process, which needs no shared filesystem and crosses nodes. Every tensor travels as its raw bytes, so
+  receivers get bit-identical weights. Broadcasts are posted asynchronously: rank 0 returns as soon as each bucket is copied out, and the
   consumers pick the bytes up when they get to it (they may be busy generating). A bucket's copy is kept until
   every consumer has it, so a version in flight costs one copy of the weights on rank 0.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import timedelta
 
 import torch
 
@@ -51,10 +50,11 @@ def gathered_buckets(
     in the gathers) yields empty buckets. `views=True` yields the gathered parameters themselves, on their own
     device, valid only until the next bucket is asked for (for a consumer that copies them out at once).
 
-    Copies, not views of the live weights, although today's consumers copy again or only read: views would hold
-    every consumer to finishing with a bucket before asking for the next (the EMA, which keeps what it is given,
-    would alias the weights). Sending views saved about 0.1 s of a 4-5 s sync for Qwen2.5-0.5B's shape on two
-    cores, within noise (`benchmarks/weight_sync.py`, three runs back to back)."""
+    Copies by default: views would hold every consumer to finishing with a bucket before asking for the next (the
+    EMA, which keeps what it is given, would alias the weights). The shared buffers and the weight group take views,
+    since they copy each bucket out at once on the weights' own device: with the weights on a GPU, a copy to host
+    memory would be the larger part of an NCCL broadcast. (On CPU, views saved about 0.1 s of a 4-5 s sync for
+    Qwen2.5-0.5B's shape, within noise: `benchmarks/weight_sync.py`, three runs back to back.)"""
     import deepspeed
 
     params = dict(module.named_parameters())
@@ -90,29 +90,27 @@ def share_bucket(bucket: list[tuple[TensorSpec, torch.Tensor]], consumers: int):
 
 
 class WeightBroadcaster:
-    """Rank 0's end of the weight group: rank 0 of `1 + consumers` processes, root of every broadcast.
+    """Rank 0's end of the weight group (`dudi_common.weight_group`): rank 0 of `1 + consumers` processes, root of
+    every broadcast, over gloo from host memory or NCCL from the GPU holding the weights.
 
-    Constructing it blocks until every consumer has joined (`join` on the other side, called concurrently).
+    Constructing it blocks until every consumer has joined (`join_weight_group` on the other side, called
+    concurrently).
     """
 
-    def __init__(self, host: str, port: int, world_size: int, timeout_s: float = 600.0):
-        from torch.distributed import ProcessGroupGloo, TCPStore
+    def __init__(self, host: str, port: int, world_size: int, backend: str = "gloo", timeout_s: float = 600.0):
+        from dudi_common.weight_group import group_device, open_group
 
-        timeout = timedelta(seconds=timeout_s)
-        self.store = TCPStore(host, port, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
-        options = ProcessGroupGloo._Options()
-        options._timeout = timeout
-        options._devices = [ProcessGroupGloo.create_device(hostname=host)]
-        self.group = ProcessGroupGloo(self.store, 0, world_size, options)
+        self.device = group_device(backend)
+        self.store, self.group = open_group(host, port, 0, world_size, backend, own_host=host, timeout_s=timeout_s)
         self._in_flight: list = []  # (work, buffer) of the last version, until every consumer has it
 
     def send(self, bucket: list[tuple[TensorSpec, torch.Tensor]]) -> None:
-        from torch.distributed import BroadcastOptions
+        """Posts one bucket. Its tensors may be views of the live (gathered) weights: they are copied out at once,
+        on the group's device."""
+        from dudi_common.weight_group import post_broadcast
 
-        buffer = flatten(bucket)
-        options = BroadcastOptions()
-        options.rootRank = 0
-        self._in_flight.append((self.group.broadcast([buffer], options), buffer))
+        buffer = flatten(bucket).to(self.device)  # one copy, unless the weights are on a GPU and the group is gloo
+        self._in_flight.append((post_broadcast(self.group, buffer), buffer))
 
     def release_sent(self) -> None:
         """Drops the buffers of broadcasts that have completed (a whole version's copy, otherwise held until the
@@ -121,6 +119,8 @@ class WeightBroadcaster:
 
     def wait(self) -> None:
         """Blocks until every consumer has received every bucket posted so far."""
+        from dudi_common.weight_group import wait_host
+
         for work, _ in self._in_flight:
-            work.wait()
+            wait_host(work, self.device)
         self._in_flight = []

@@ -180,8 +180,9 @@ class WeightSyncConfig(BaseModel):
         "auto",
         description="shared: buffers on the learner's node that workers map without a copy (CUDA IPC when they "
         "share the learner's GPU, shared memory on CPU); files: safetensors in /dev/shm, read by workers on the "
-        "learner's node; broadcast: a gloo process group from learner rank 0 to every engine, any node; auto: "
-        "shared when every worker is on the learner's node (files if they cannot see its GPU), else broadcast.",
+        "learner's node; broadcast: a process group from learner rank 0 to every engine, any node (NCCL between "
+        "GPUs, gloo otherwise); auto: shared when every worker is on the learner's node and sees its GPU, files when "
+        "a worker there has no GPU to take an NCCL broadcast, else broadcast.",
     )
     verify: bool = Field(
         False,

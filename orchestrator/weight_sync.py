@@ -5,11 +5,12 @@
   frees a version's buffers once every worker has loaded it. Same node only.
 - files: rank 0 writes safetensors files (one per bucket) under /dev/shm; every worker reloads them. Only for
   workers on rank 0's node (a same-node path, even where several Ray nodes share one machine's /dev/shm).
-- broadcast: rank 0 and every engine's worker process form a gloo process group; buckets travel as raw bytes,
-  bit-identical, over the network. Works across nodes; opened once per learner group.
+- broadcast: rank 0 and every engine's worker process form a process group of their own (`dudi_common.weight_group`:
+  NCCL when the learner and every worker hold GPUs, gloo otherwise); buckets travel as raw bytes, bit-identical,
+  over the network. Works across nodes; opened once per learner group.
 
 `auto` (`choose_transport`) takes shared when every worker runs on rank 0's node (and, with the learner on a GPU,
-sees that GPU), files when they are on its node but cannot see its GPU, and broadcast otherwise. Loads are queued
+sees that GPU), files when a worker on its node has no GPU to take an NCCL broadcast, and broadcast otherwise. Loads are queued
 on the workers behind the calls already there, so a sync never waits for a generation in flight; `wait()` does.
 
 A worker that died and was restarted by Ray is given the current weights with `restore`: a same-node push to that
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import ray
 
+from dudi_common.weight_group import backend_for
 from learner.group import LearnerGroup
 from orchestrator.config import ConfigError, WeightSyncConfig
 from rollout.group import LOST_WORKER_ERRORS, RolloutGroup
@@ -44,9 +46,11 @@ def choose_transport(
     same_node = set(worker_nodes) == {learner_node}
     sees_learner_gpu = learner_gpu is None or all(learner_gpu in gpus for gpus in worker_gpus)
     if requested == "auto":
-        if not same_node:
-            return "broadcast"
-        return "shared" if sees_learner_gpu else "files"
+        if same_node and sees_learner_gpu:
+            return "shared"
+        if same_node and backend_for(learner_gpu, worker_gpus) == "gloo":
+            return "files"  # the GPU learner's weights would go through host memory either way
+        return "broadcast"
     if requested in ("files", "shared") and not same_node:
         raise ConfigError(
             f"weight_sync.transport={requested!r} needs every rollout worker on the learner's node (learner rank 0: "
@@ -67,13 +71,15 @@ class PolicySync:
         self.learner = learner
         self.rollout = rollout
         self.cfg = cfg
+        learner_gpu, worker_gpus = learner.gpu_uuid(), rollout.gpu_uuids()
         self.transport = choose_transport(
             cfg.transport,
             learner_node=learner.node_id(),
             worker_nodes=rollout.node_ids(),
-            learner_gpu=learner.gpu_uuid(),
-            worker_gpus=rollout.gpu_uuids(),
+            learner_gpu=learner_gpu,
+            worker_gpus=worker_gpus,
         )
+        self.group_backend = backend_for(learner_gpu, worker_gpus)  # of the broadcast's process group
         self.weights_dir = tempfile.mkdtemp(prefix="dudi-weights-", dir=same_node_dir())
         # Per push, oldest first: (pending loads, files to delete / shared version to free once they are done).
         self._in_flight: deque[tuple[list, str | int | None]] = deque()
@@ -88,9 +94,10 @@ class PolicySync:
             port=port,
             world_size=1 + len(self.rollout.workers),
             buckets=[[(s.name, s.dtype, tuple(s.shape)) for s in bucket] for bucket in buckets],
+            backend=self.group_backend,
         )
         ray.get(
-            self.learner.open_weight_group(host, port, group.world_size)
+            self.learner.open_weight_group(host, port, group.world_size, group.backend)
             + self.rollout.join_weight_group(group, record_digest=self.cfg.verify)
         )
 

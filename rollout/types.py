@@ -78,9 +78,11 @@ class WeightsLost(RuntimeError):
 @dataclass(frozen=True)
 class WeightGroupSpec:
     """The learner's weight group: its rank 0 listens at (host, port); workers take ranks 1..world_size-1.
-    `buckets`: per broadcast bucket, (HF name, dtype name, shape) of each tensor in send order."""
+    `buckets`: per broadcast bucket, (HF name, dtype name, shape) of each tensor in send order. `backend`: "gloo"
+    (buffers in host memory) or "nccl" (on the workers' GPUs)."""
 
     host: str
     port: int
     world_size: int
     buckets: list[list[tuple[str, str, tuple[int, ...]]]]
+    backend: str = "gloo"

@@ -5,11 +5,12 @@ Weights arrive in one of three ways:
 - `receive_weights(path)`: safetensors files in a directory on this node (the same-node path through /dev/shm);
 - `receive_shared(buckets)`: buffers of the learner's rank 0 on this node, mapped without a copy (CUDA IPC on a
   GPU, shared memory on CPU; `dudi_common.shared_tensors`) and streamed into `reload_weights` bucket by bucket;
-- `receive_broadcast()`: bucket by bucket over a process group with the learner's rank 0 (gloo on CPU), joined
-  once with `join_weight_group`. Nothing touches a filesystem, so learner and engine may sit on different nodes.
-  Buckets stream into `reload_weights` as they arrive, and the next bucket's receive is posted before the current
-  one is handed over, so gloo's thread takes in bucket i + 1 while vLLM loads and repacks bucket i: the worker
-  holds two buckets beside the model.
+- `receive_broadcast()`: bucket by bucket over a process group with the learner's rank 0, joined once with
+  `join_weight_group` (`dudi_common.weight_group`: gloo into host memory, or NCCL into this worker's GPU).
+  Nothing touches a filesystem, so learner and engine may sit on different nodes. Buckets stream into
+  `reload_weights` as they arrive, and the next bucket's receive is posted before the current one is handed over,
+  so the group takes in bucket i + 1 while vLLM loads and repacks bucket i: the worker holds two buckets beside
+  the model.
 
 With tied embeddings (no `lm_head.weight` in the checkpoint, e.g. Qwen2.5-0.5B), vLLM 0.32's layerwise
 in-place reload swaps in a new embedding tensor but puts the LM head's old tensor back, and on CPU the
@@ -22,7 +23,6 @@ checkpoint describes.
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 
 
 class WeightReceiver:
@@ -33,19 +33,23 @@ class WeightReceiver:
             self._digest = _files_digest(weights_path)
 
     def join_weight_group(
-        self, host: str, port: int, rank: int, world_size: int, own_host: str, buckets: list, record_digest: bool
+        self,
+        host: str,
+        port: int,
+        rank: int,
+        world_size: int,
+        own_host: str,
+        buckets: list,
+        record_digest: bool,
+        backend: str = "gloo",
     ) -> None:
-        """Joins the learner's weight group as `rank` (blocks until every member has joined). `buckets`: per
-        bucket, [name, dtype, shape] of its tensors in send order; `record_digest` keeps a sha256 per tensor."""
-        from torch.distributed import ProcessGroupGloo, TCPStore
+        """Joins the learner's weight group as `rank` over `backend` (`dudi_common.weight_group`; blocks until every
+        member has joined). `buckets`: per bucket, [name, dtype, shape] of its tensors in send order;
+        `record_digest` keeps a sha256 per tensor."""
+        from dudi_common.weight_group import group_device, open_group
 
-        timeout = timedelta(seconds=600)
-        store = TCPStore(host, port, world_size, is_master=False, timeout=timeout)
-        options = ProcessGroupGloo._Options()
-        options._timeout = timeout
-        options._devices = [ProcessGroupGloo.create_device(hostname=own_host)]
-        self._weight_group = ProcessGroupGloo(store, rank, world_size, options)
-        self._weight_store = store
+        self._weight_store, self._weight_group = open_group(host, port, rank, world_size, backend, own_host)
+        self._weight_device = group_device(backend)
         self._weight_buckets = buckets
         self._record_digest = record_digest
         self._digest: dict[str, str] = {}
@@ -76,20 +80,19 @@ class WeightReceiver:
 
     def _broadcast_stream(self):
         import torch
-        from torch.distributed import BroadcastOptions
 
-        options = BroadcastOptions()
-        options.rootRank = 0
+        from dudi_common.weight_group import post_broadcast
 
         def post(bucket):
-            buffer = torch.empty(sum(_nbytes(dtype, shape) for _, dtype, shape in bucket), dtype=torch.uint8)
-            return self._weight_group.broadcast([buffer], options), buffer
+            size = sum(_nbytes(dtype, shape) for _, dtype, shape in bucket)
+            buffer = torch.empty(size, dtype=torch.uint8, device=self._weight_device)
+            return post_broadcast(self._weight_group, buffer), buffer
 
         buckets = self._weight_buckets
         incoming = post(buckets[0]) if buckets else None
         for index, bucket in enumerate(buckets):
             work, buffer = incoming
-            work.wait()
+            work.wait()  # on NCCL: what reads the buffer next on this stream runs after the receive
             # Broadcasts on one group complete in the order posted, as the learner posts them: the next one may
             # run while this bucket is loaded.
             incoming = post(buckets[index + 1]) if index + 1 < len(buckets) else None

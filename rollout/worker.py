@@ -169,6 +169,7 @@ class RolloutWorker:
                 "own_host": ray.util.get_node_ip_address(),
                 "buckets": [[[name, dtype, list(shape)] for name, dtype, shape in b] for b in group.buckets],
                 "record_digest": record_digest,
+                "backend": group.backend,
             },
         )
         self.in_weight_group = True

@@ -21,7 +21,9 @@ def test_auto_maps_the_learners_buffers_on_its_node_and_broadcasts_across_nodes(
     assert choose_transport("auto", NODE, [NODE, OTHER], None, [[], []]) == "broadcast"
     # On GPUs, CUDA IPC needs every worker to see the GPU that holds rank 0's weights.
     assert choose_transport("auto", NODE, [NODE], GPU, [[GPU]]) == "shared"
-    assert choose_transport("auto", NODE, [NODE, NODE], GPU, [[GPU], [OTHER_GPU]]) == "files"
+    # A worker on rank 0's node on another GPU takes an NCCL broadcast; one without a GPU reads files.
+    assert choose_transport("auto", NODE, [NODE, NODE], GPU, [[GPU], [OTHER_GPU]]) == "broadcast"
+    assert choose_transport("auto", NODE, [NODE, NODE], GPU, [[GPU], []]) == "files"
     assert choose_transport("auto", NODE, [OTHER], GPU, [[GPU]]) == "broadcast"
     assert choose_transport("broadcast", NODE, [NODE], None, [[]]) == "broadcast"
 
