@@ -10,6 +10,9 @@ nodes). A sync's time runs from the push to the worker's last byte loaded
 (gather, copy-out, transfer, vLLM's in-place reload and repacking). The reference is `torch` copying one buffer of
 the same size on this machine. Best of `--repeats`. Writes `benchmarks/results/weight_sync.md` and `.json`.
 
+Then the EMA teacher's path: learner rank 0's EMA → a teacher replica's scorer, bucket by bucket through the Ray
+object store (how a run sends it), against the same buckets over a gloo group into the same scorer.
+
 The floor no transport can go under: after the transports, one vLLM engine in this process reloads the same weights
 from tensors already in its worker's memory (vLLM's in-place reload, the tied head re-tied as the rollout worker
 does), profiled to split the time into vLLM's CPU GEMM weight repacking (oneDNN handlers) and copies.
@@ -25,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import ray
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,8 +161,90 @@ def measure(shape: str, repeats: int, tmp: Path) -> dict:
     finally:
         learner.shutdown()
         rollout.shutdown()
+    row.update(teacher_sync(path, repeats))
     row.update(engine_floor(path, repeats))  # after the actors are gone: the engine reserves its share of memory
     return row
+
+
+def teacher_sync(path: str, repeats: int) -> dict:
+    """Learner rank 0's EMA → a teacher replica's scorer (SDFT's teacher), the way a run sends it (bucket by bucket
+    through the Ray object store), against the same buckets over a gloo group into the same scorer. The replica is a
+    plain actor running the replica's loading code: Serve routes every call to a replica of its choosing, so a
+    group with one particular replica cannot be formed through it. (Over gloo the learner sends its weights, not the
+    EMA: the same names, dtypes and bytes.)"""
+    from learner.config import LearnerConfig, ObjectiveConfig
+    from learner.group import LearnerGroup
+    from teacher_server.types import TeacherWeights
+
+    learner = LearnerGroup(
+        LearnerConfig(zero_stage=3, lr=1e-4, objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0)),
+        path,
+        None,
+        pad_id=0,
+        seed=0,
+        ema_decay=0.99,
+    )
+    replica = TeacherReplica.remote(path)
+    row = {}
+    try:
+        ray.get(replica.ready.remote())
+        host, port, buckets = learner.weight_group_plan()
+        specs = [[(s.name, s.dtype, list(s.shape)) for s in bucket] for bucket in buckets]
+        ray.get(learner.open_weight_group(host, port, 2) + [replica.join.remote(host, port, specs)])
+        for name, push in (
+            ("teacher_object_store_s", lambda v: replica.load.remote(TeacherWeights(v, buckets=learner.ema_buckets()))),
+            ("teacher_gloo_s", lambda v: (learner.broadcast_weights(v), replica.receive.remote(v))[1]),
+        ):
+            best = float("inf")
+            for version in range(1, repeats + 2):  # the first push warms up both ends
+                started = time.perf_counter()
+                ray.get(push(version))
+                best = min(best, time.perf_counter() - started)
+            row[name] = best
+    finally:
+        learner.shutdown()
+        ray.kill(replica)
+    return row
+
+
+@ray.remote(num_cpus=0)
+class TeacherReplica:
+    """A teacher replica's loading code in a plain actor: the object store path is the replica's own
+    (`teacher_server.app._read_weights` into `TeacherScorer.load_weights`); the gloo path streams the group's
+    buckets into the same `load_weights`."""
+
+    def __init__(self, path: str):
+        from teacher_server.scorer import TeacherScorer
+
+        self.scorer = TeacherScorer(path, num_threads=1)
+
+    def ready(self) -> bool:
+        return True
+
+    def load(self, weights) -> None:
+        from teacher_server.app import _read_weights
+
+        self.scorer.load_weights(weights.version, _read_weights(weights))
+
+    def join(self, host: str, port: int, buckets: list) -> None:
+        from dudi_common.weight_group import open_group
+
+        self.store, self.group = open_group(host, port, 1, 2, "gloo", own_host=host)
+        self.buckets = buckets
+
+    def receive(self, version: int) -> None:
+        self.scorer.load_weights(version, self._stream())
+
+    def _stream(self):
+        import torch
+
+        from dudi_common.flat_bucket import nbytes, views
+        from dudi_common.weight_group import post_broadcast
+
+        for bucket in self.buckets:
+            buffer = torch.empty(nbytes(bucket), dtype=torch.uint8)
+            post_broadcast(self.group, buffer).wait()
+            yield dict(views(buffer, bucket))
 
 
 def markdown(report: dict) -> str:
@@ -181,6 +268,23 @@ def markdown(report: dict) -> str:
             f"{r['files_s'] / memcpy:.1f} | {r['broadcast_s']:.4f} | {r['broadcast_s'] / memcpy:.1f} | "
             f"{r['engine_floor_s']:.4f} | {r['engine_floor_s'] / memcpy:.1f} | "
             f"{r['engine_floor_repack_share']:.0%} | {r['engine_floor_copy_share']:.0%} |"
+        )
+    lines += [
+        "",
+        "Learner rank 0's EMA → a teacher replica's scorer (SDFT's teacher), push → last bucket loaded: the way a run "
+        "sends it, bucket by bucket through the Ray object store, against the same buckets over a gloo group into the "
+        "same scorer.",
+        "",
+        "| model | object store (s) | × memcpy | gloo group (s) | × memcpy | object store / gloo |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        if "teacher_object_store_s" not in r:
+            continue
+        memcpy, store, gloo = r["memcpy_s"], r["teacher_object_store_s"], r["teacher_gloo_s"]
+        lines.append(
+            f"| {r['model']} | {store:.4f} | {store / memcpy:.1f} | {gloo:.4f} | {gloo / memcpy:.1f} | "
+            f"{store / gloo:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

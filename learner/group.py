@@ -69,11 +69,12 @@ class LearnerGroup:
         """Frees a shared version once its consumers are done with it (returns at once)."""
         self.ranks[0].release_shared_weights.remote(version)
 
-    def ema_state(self):
-        """A Ray object ref to the EMA of the weights ({HF name: tensor}), readable from any node."""
+    def ema_buckets(self):
+        """The EMA of the weights, readable from any node: an object ref to the list of per-bucket object refs
+        (`dudi_common.flat_bucket.FlatBucket` each). Returns at once; a reader waits for rank 0 to have put them."""
         if self.ema_decay is None:
-            raise ValueError("ema_state() needs an ema_decay")
-        return self.ranks[0].ema_state.remote()
+            raise ValueError("ema_buckets() needs an ema_decay")
+        return self.ranks[0].ema_buckets.remote()
 
     # --- the weight group: rank 0 → consumer processes on any node ---------------------------------------------
     def weight_group_plan(self) -> tuple[str, int, list[list[TensorSpec]]]:

@@ -192,12 +192,17 @@ class LearnerRank:
     def _buckets(self, views: bool = False):
         """The full weights, bucket by bucket (collective under ZeRO-3: every rank must iterate); `views`: see
         `gathered_buckets`."""
-        from learner.weight_sync import gathered_buckets, plan_buckets
+        from learner.weight_sync import gathered_buckets
+
+        zero3 = self.config.zero_stage == 3
+        return gathered_buckets(self.engine.module, self._bucket_plan(), zero3, copy=self.rank == 0, views=views)
+
+    def _bucket_plan(self):
+        from learner.weight_sync import plan_buckets
 
         if self.bucket_plan is None:
             self.bucket_plan = plan_buckets(self.engine.module, self.config.publish_bucket_mib << 20)
-        zero3 = self.config.zero_stage == 3
-        return gathered_buckets(self.engine.module, self.bucket_plan, zero3, copy=self.rank == 0, views=views)
+        return self.bucket_plan
 
     def _update_ema(self, decay: float) -> None:
         import torch
@@ -246,12 +251,21 @@ class LearnerRank:
         for buffer in self.shared_versions.pop(version, []):
             buffer.free()
 
-    def ema_state(self) -> dict:
-        """Rank 0's EMA of the weights in the training dtype, {HF name: tensor} (through the Ray object store)."""
+    def ema_buckets(self) -> list:
+        """Rank 0's EMA of the weights in the training dtype, put into the Ray object store bucket by bucket (the
+        bucket plan of every other way out): one object ref per bucket, a `dudi_common.flat_bucket.FlatBucket`.
+        Each bucket's copy is dropped once it is put, so rank 0 never holds a second copy of the whole model."""
+        import ray
+
+        from dudi_common.flat_bucket import FlatBucket
+
         if self.rank != 0 or self.ema is None:
             raise RuntimeError("the EMA lives on rank 0 and needs an ema_decay")
         dtype = next(iter(self.engine.module.parameters())).dtype
-        return {name: value.to(dtype) for name, value in self.ema.items()}
+        return [
+            ray.put(FlatBucket.of([(s.name, self.ema[s.name]) for s in bucket], dtype))
+            for bucket in self._bucket_plan()
+        ]
 
     # --- the weight group: rank 0 broadcasts to consumer processes on any node ---------------------------------
     def weight_group_plan(self) -> tuple[str, int, list]:

@@ -545,7 +545,7 @@ class Trainer:
         metrics["time/train_s"] = time.perf_counter() - clock
         if self.learner.ema_decay is not None:
             clock = time.perf_counter()
-            self.teacher.push_weights(self.learner_steps, self.learner.ema_state())
+            self.teacher.push_weights(self.learner_steps, self.learner.ema_buckets())
             metrics["time/teacher_sync_s"] = time.perf_counter() - clock
         metrics["policy_version"] = float(self.learner_steps)
         return metrics
@@ -682,7 +682,7 @@ class Trainer:
             self.policy_sync.wait()
         self._stage_first_version = self.version
         if self.learner.ema_decay is not None:
-            self.teacher.push_weights(self.learner_steps, self.learner.ema_state())
+            self.teacher.push_weights(self.learner_steps, self.learner.ema_buckets())
         self._stage_steps_done = state.stage_step
         return state.stage_step
 

@@ -53,9 +53,9 @@ class TeacherClient:
     def send(self, requests, weights):
         return self.handle.score_many.remote(requests, weights)
 
-    def push_weights(self, version: int, state_ref) -> None:
-        """Every replica loads `state_ref` ({HF name: tensor} in the object store) before its next scoring."""
-        self.weights = TeacherWeights(version, state=state_ref)
+    def push_weights(self, version: int, buckets_ref) -> None:
+        """Every replica loads `buckets_ref` (`TeacherWeights.buckets`) before its next scoring."""
+        self.weights = TeacherWeights(version, buckets=buckets_ref)
 
     def replica_restarts(self) -> int:
         """Replicas of this deployment that died while it was deployed (Serve replaced each of them)."""

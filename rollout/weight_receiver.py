@@ -81,11 +81,11 @@ class WeightReceiver:
     def _broadcast_stream(self):
         import torch
 
+        from dudi_common.flat_bucket import nbytes
         from dudi_common.weight_group import post_broadcast
 
         def post(bucket):
-            size = sum(_nbytes(dtype, shape) for _, dtype, shape in bucket)
-            buffer = torch.empty(size, dtype=torch.uint8, device=self._weight_device)
+            buffer = torch.empty(nbytes(bucket), dtype=torch.uint8, device=self._weight_device)
             return post_broadcast(self._weight_group, buffer), buffer
 
         buckets = self._weight_buckets
@@ -110,14 +110,13 @@ class WeightReceiver:
         """(name, tensor) of each tensor laid out back to back in a flat uint8 `buffer`."""
         import torch
 
-        offset = 0
-        for name, dtype, shape in tensors:
-            size = _nbytes(dtype, shape)
-            raw = buffer[offset : offset + size]
-            offset += size
+        from dudi_common.flat_bucket import views
+
+        for name, tensor in views(buffer, tensors):
             if self._record_digest:
+                raw = tensor.reshape(-1).view(torch.uint8)
                 self._digest[name] = hashlib.sha256(raw.cpu().numpy().tobytes()).hexdigest()
-            yield name, raw.view(getattr(torch, dtype)).view(tuple(shape))
+            yield name, tensor
 
     def _after_reload(self) -> None:
         if getattr(self.model_runner.model_config.hf_config, "tie_word_embeddings", False):
@@ -147,10 +146,3 @@ def _files_digest(directory: str) -> dict[str, str]:
                 raw = tensors.get_tensor(name).contiguous().reshape(-1).view(torch.uint8)
                 digest[name] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
     return digest
-
-
-def _nbytes(dtype: str, shape) -> int:
-    size = 2 if dtype in ("bfloat16", "float16") else 4
-    for dim in shape:
-        size *= dim
-    return size

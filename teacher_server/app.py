@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -83,17 +84,16 @@ class TeacherDeployment:
         return Response(encode_response(response), media_type=ARROW_MEDIA_TYPE)
 
 
-def _read_weights(weights: TeacherWeights) -> dict:
-    if weights.state is not None:
-        import ray
-
-        return ray.get(weights.state)
+def _read_weights(weights: TeacherWeights) -> Iterator[dict]:
+    """The weights bucket by bucket, each read only when the one before it is loaded."""
+    if weights.buckets is not None:
+        for bucket in ray.get(weights.buckets):
+            yield ray.get(bucket).unpack()
+        return
     from safetensors.torch import load_file
 
-    state = {}
     for file in sorted(Path(weights.path).glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    return state
+        yield load_file(str(file))
 
 
 def build_app(model_path: str, config: TeacherConfig, actor_options: dict | None = None):

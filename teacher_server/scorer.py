@@ -6,6 +6,7 @@ Pure torch + transformers, so the Serve deployment is a thin shell around it and
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -146,15 +147,19 @@ class TeacherScorer:
         )
 
     # --- weights ---------------------------------------------------------------------------------------------
-    def load_weights(self, version: int, state: dict) -> None:
-        """Replaces the weights in place with {HF name: tensor} (an EMA teacher's update); a tied LM head follows
-        its embedding."""
-        result = self.model.load_state_dict(state, strict=False)
+    def load_weights(self, version: int, buckets: Iterable[dict]) -> None:
+        """Replaces the weights in place with {HF name: tensor} buckets, one at a time (an EMA teacher's update);
+        a tied LM head follows its embedding. Names the model lacks, or a tensor of the model no bucket gave, are
+        an error (the weights are then partly loaded: the run stops)."""
         tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
-        if result.unexpected_keys or set(result.missing_keys) - tied:
+        loaded, unexpected = set(), []
+        for bucket in buckets:
+            unexpected += self.model.load_state_dict(bucket, strict=False).unexpected_keys
+            loaded.update(bucket)
+        missing = sorted(set(self.model.state_dict()) - loaded - tied)
+        if unexpected or missing:
             raise ValueError(
-                f"teacher weights v{version} do not fit the model: missing {result.missing_keys[:5]}, "
-                f"unexpected {result.unexpected_keys[:5]}"
+                f"teacher weights v{version} do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         if tied:
             self.model.tie_weights()

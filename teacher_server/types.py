@@ -54,12 +54,14 @@ class ScoreResponse:
 
 @dataclass(frozen=True)
 class TeacherWeights:
-    """New teacher weights with HF names, e.g. the EMA of the student: a Ray object ref to {name: tensor} in
-    `state` (readable on any node), or safetensors files in the directory `path` (on the replica's node)."""
+    """New teacher weights with HF names, e.g. the EMA of the student, in buckets a replica loads one at a time:
+    `buckets`, a Ray object ref to a list of object refs, one `dudi_common.flat_bucket.FlatBucket` per bucket
+    (readable on any node; the outer ref lets the sender pass it on before the buckets are put), or safetensors
+    files in the directory `path` (on the replica's node), one bucket per file."""
 
     version: int
     path: str | None = None
-    state: Any = None  # ray.ObjectRef
+    buckets: Any = None  # ray.ObjectRef of list[ray.ObjectRef]
 
 
 class BadScoreRequest(ValueError):

@@ -45,7 +45,9 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, ray_session, tmp_path, 
             files = sorted(Path(group.publish_weights(1, str(tmp_path / f"ranks{ranks}")).path).glob("*.safetensors"))
             assert len(files) > 1
             published[ranks] = {k: v for f in files for k, v in load_file(str(f)).items()}
-            ema[ranks] = ray_session.get(group.ema_state())
+            buckets = ray_session.get(group.ema_buckets())  # object refs, one per bucket
+            assert len(buckets) == len(files)  # the EMA goes out in the same buckets as the weights
+            ema[ranks] = {k: v for bucket in ray_session.get(buckets) for k, v in bucket.unpack().items()}
         finally:
             group.shutdown()
     # The global norm before clipping; without ZeRO DeepSpeed keeps none, so the rank measures it.

@@ -37,3 +37,21 @@ def test_per_request_heads_equal_a_whole_forward(kind, plain, tmp_path):
             ids = torch.tensor([request.prompt_ids + request.response_ids[:-1]])
             logits = model(ids).logits[0, len(request.prompt_ids) - 1 :]
         np.testing.assert_allclose(response.full_logprobs, torch.log_softmax(logits, -1).numpy(), atol=1e-5)
+
+
+def test_weights_loaded_bucket_by_bucket_must_cover_the_model_and_nothing_else(tmp_path):
+    """An EMA teacher's update arrives in buckets (`TeacherScorer.load_weights`): together they replace every
+    tensor; a tensor no bucket gave, or a name the model lacks, is an error that names it."""
+    torch.manual_seed(0)
+    tiny("qwen2").save_pretrained(tmp_path)
+    scorer = TeacherScorer(str(tmp_path))
+    state = {name: torch.full_like(t, 0.01) for name, t in scorer.model.state_dict().items()}
+    names = sorted(state)
+    scorer.load_weights(3, [{n: state[n] for n in names[:5]}, {n: state[n] for n in names[5:]}])
+    assert scorer.weights_version == 3
+    assert all(torch.equal(t, state[n]) for n, t in scorer.model.state_dict().items())
+    with pytest.raises(ValueError, match=rf"v4 do not fit the model: missing \['{names[0]}'\]"):
+        scorer.load_weights(4, [{n: state[n] for n in names[1:]}])
+    with pytest.raises(ValueError, match=r"unexpected \['model.extra.weight'\]"):
+        scorer.load_weights(5, [state, {"model.extra.weight": torch.zeros(1)}])
+    assert scorer.weights_version == 3

@@ -11,6 +11,7 @@ import pytest
 import requests
 import torch
 
+from dudi_common.flat_bucket import FlatBucket
 from teacher_server.config import TeacherConfig
 from teacher_server.types import ScoreRequest, TeacherWeights
 from teacher_server.wire import ARROW_MEDIA_TYPE, decode_response
@@ -139,15 +140,18 @@ def test_every_bad_request_gets_a_400_that_says_why_and_the_server_keeps_serving
 
 
 def test_pushed_weights_replace_the_teacher_and_are_reported(teacher, tmp_path):
-    """The EMA teacher's path: a score_many call naming newer weights makes the replica load them first, from the
-    Ray object store (any node) or from files (the replica's node)."""
+    """The EMA teacher's path: a score_many call naming newer weights makes the replica load them first, bucket by
+    bucket, from the Ray object store (any node) or from files (the replica's node)."""
     import ray
     from safetensors.torch import save_file
 
     handle, model, _ = teacher
     changed = {name: p.detach().clone() * 0.5 for name, p in model.named_parameters()}
+    names = list(changed)
+    buckets = [{n: changed[n] for n in names[: len(names) // 2]}, {n: changed[n] for n in names[len(names) // 2 :]}]
     request = ScoreRequest([1, 2, 3], [4, 5], top_k=None)
-    [scored] = handle.score_many.remote([request], TeacherWeights(7, state=ray.put(changed))).result()
+    pushed = TeacherWeights(7, buckets=ray.put([ray.put(FlatBucket.of(list(bucket.items()))) for bucket in buckets]))
+    [scored] = handle.score_many.remote([request], pushed).result()
     assert scored.weights_version == 7
     halved = type(model)(model.config).eval()
     halved.load_state_dict(changed, strict=False)
