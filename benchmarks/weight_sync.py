@@ -120,11 +120,17 @@ def _reload_from_memory(worker, path: str, repeats: int) -> dict:
     }
 
 
-def measure(shape: str, repeats: int, tmp: Path) -> dict:
-    import ray
-
+def one_rank_learner(path: str, ema_decay: float | None = None):
+    """One ZeRO-3 DeepSpeed rank on `path`: the sender in every measurement."""
     from learner.config import LearnerConfig, ObjectiveConfig
     from learner.group import LearnerGroup
+
+    objective = ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0)
+    config = LearnerConfig(zero_stage=3, lr=1e-4, objective=objective)
+    return LearnerGroup(config, path, None, pad_id=0, seed=0, ema_decay=ema_decay)
+
+
+def measure(shape: str, repeats: int, tmp: Path) -> dict:
     from orchestrator.config import WeightSyncConfig
     from orchestrator.weight_sync import PolicySync
     from rollout.config import RolloutConfig
@@ -132,13 +138,7 @@ def measure(shape: str, repeats: int, tmp: Path) -> dict:
 
     path = model_dir(shape, tmp)
     rollout = RolloutGroup(RolloutConfig(max_model_len=256, enforce_eager=True, max_logprobs=0), path, seed=0)
-    learner = LearnerGroup(
-        LearnerConfig(zero_stage=3, lr=1e-4, objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0)),
-        path,
-        None,
-        pad_id=0,
-        seed=0,
-    )
+    learner = one_rank_learner(path)
     try:
         _, _, buckets = learner.weight_group_plan()
         nbytes = sum(spec.nbytes for bucket in buckets for spec in bucket)
@@ -172,18 +172,9 @@ def teacher_sync(path: str, repeats: int) -> dict:
     plain actor running the replica's loading code: Serve routes every call to a replica of its choosing, so a
     group with one particular replica cannot be formed through it. (Over gloo the learner sends its weights, not the
     EMA: the same names, dtypes and bytes.)"""
-    from learner.config import LearnerConfig, ObjectiveConfig
-    from learner.group import LearnerGroup
     from teacher_server.types import TeacherWeights
 
-    learner = LearnerGroup(
-        LearnerConfig(zero_stage=3, lr=1e-4, objective=ObjectiveConfig(cross_entropy="sft", alpha=0, kd_weight=0)),
-        path,
-        None,
-        pad_id=0,
-        seed=0,
-        ema_decay=0.99,
-    )
+    learner = one_rank_learner(path, ema_decay=0.99)
     replica = TeacherReplica.remote(path)
     row = {}
     try:
@@ -295,8 +286,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    import ray
-
     ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "ERROR"}})
     report = {
         "machine": f"{os.cpu_count()} CPU cores",
