@@ -545,7 +545,11 @@ class Trainer:
         metrics["time/train_s"] = time.perf_counter() - clock
         if self.learner.ema_decay is not None:
             clock = time.perf_counter()
-            self.teacher.push_weights(self.learner_steps, self.learner.ema_buckets())
+            buckets = self.learner.ema_buckets()
+            # Rank 0 puts the buckets before it takes the next step either way: waiting here costs the learner
+            # nothing and makes the metric rank 0's time, not the call's. Replicas load them at their next score.
+            ray.wait([buckets])
+            self.teacher.push_weights(self.learner_steps, buckets)
             metrics["time/teacher_sync_s"] = time.perf_counter() - clock
         metrics["policy_version"] = float(self.learner_steps)
         return metrics
