@@ -262,9 +262,9 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "Learner rank 0's EMA → a teacher replica's scorer (SDFT's teacher), push → last bucket loaded: the way a run "
-        "sends it, bucket by bucket through the Ray object store, against the same buckets over a gloo group into the "
-        "same scorer.",
+        "Learner rank 0's EMA → a teacher replica's scorer (SDFT's teacher), push → last bucket loaded: the way a "
+        "run sends it, bucket by bucket through the Ray object store, against the same buckets over a gloo group "
+        "into the same scorer.",
         "",
         "| model | object store (s) | × memcpy | gloo group (s) | × memcpy | object store / gloo |",
         "|---|---:|---:|---:|---:|---:|",

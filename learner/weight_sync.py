@@ -7,9 +7,9 @@ released before the next bucket: the whole model is never gathered at once):
   on a GPU, shared memory on CPU), one handle per consumer;
 - `WeightBroadcaster`: a process group (gloo from host memory, NCCL between GPUs) between rank 0 and every
   consumer process, which needs no shared filesystem and crosses nodes. Every tensor travels as its raw bytes, so
-  receivers get bit-identical weights. Broadcasts are posted asynchronously: rank 0 returns as soon as each bucket is copied out, and the
-  consumers pick the bytes up when they get to it (they may be busy generating). A bucket's copy is kept until
-  every consumer has it, so a version in flight costs one copy of the weights on rank 0.
+  receivers get bit-identical weights. Broadcasts are posted asynchronously: rank 0 returns as soon as each bucket
+  is copied out, and the consumers pick the bytes up when they get to it (they may be busy generating). A bucket's
+  copy is kept until every consumer has it, so a version in flight costs one copy of the weights on rank 0.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@
   over the network. Works across nodes; opened once per learner group.
 
 `auto` (`choose_transport`) takes shared when every worker runs on rank 0's node (and, with the learner on a GPU,
-sees that GPU), files when a worker on its node has no GPU to take an NCCL broadcast, and broadcast otherwise. Loads are queued
-on the workers behind the calls already there, so a sync never waits for a generation in flight; `wait()` does.
+sees that GPU), files when a worker on its node has no GPU to take an NCCL broadcast, and broadcast otherwise. Loads
+are queued on the workers behind the calls already there, so a sync never waits for a generation in flight; `wait()`
+does.
 
 A worker that died and was restarted by Ray is given the current weights with `restore`: a same-node push to that
 worker only, or everyone joining a new weight group (its death broke the old one) and one more broadcast.
