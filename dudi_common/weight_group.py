@@ -75,6 +75,15 @@ def post_broadcast(group, buffer: torch.Tensor):
     return group.broadcast([buffer], options)
 
 
+def close_group(group, *, abort: bool = False) -> None:
+    """Stops the group's threads and connections. Without it a process that returns from its main thread with a
+    gloo group alive can die at exit (SIGABRT, "terminate called without an active exception"), and a group replaced
+    after a member's restart would keep its sockets and, on NCCL, its communicator. `abort` for a group whose peers
+    may be gone or whose last posts will never complete: it drops pending work instead of draining it."""
+    if group is not None:
+        group.abort() if abort else group.shutdown()
+
+
 def wait_host(work, device: torch.device) -> None:
     """Blocks this thread until `work` is done. (NCCL's `wait` only orders the current stream after it.)"""
     work.wait()

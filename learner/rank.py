@@ -293,6 +293,8 @@ class LearnerRank:
         from learner.weight_sync import WeightBroadcaster
 
         if self.rank == 0:
+            if self.broadcaster is not None:  # a new group after a consumer's restart: the old one cannot complete
+                self.broadcaster.close(abort=True)
             self.broadcaster = WeightBroadcaster(host, port, world_size, backend)
 
     def broadcast_weights(self, version: int) -> PublishedWeights | None:

@@ -124,3 +124,10 @@ class WeightBroadcaster:
         for work, _ in self._in_flight:
             wait_host(work, self.device)
         self._in_flight = []
+
+    def close(self, abort: bool = False) -> None:
+        """Leaves the group (`dudi_common.weight_group.close_group`); `abort` drops broadcasts not yet received."""
+        from dudi_common.weight_group import close_group
+
+        close_group(self.group, abort=abort)
+        self._in_flight = []

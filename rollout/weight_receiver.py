@@ -48,11 +48,19 @@ class WeightReceiver:
         `record_digest` keeps a sha256 per tensor."""
         from dudi_common.weight_group import group_device, open_group
 
+        self.leave_weight_group(abort=True)  # a group from before another member's restart cannot complete
         self._weight_store, self._weight_group = open_group(host, port, rank, world_size, backend, own_host)
         self._weight_device = group_device(backend)
         self._weight_buckets = buckets
         self._record_digest = record_digest
         self._digest: dict[str, str] = {}
+
+    def leave_weight_group(self, abort: bool = False) -> None:
+        """Closes this worker's end of the weight group, if it joined one (`dudi_common.weight_group.close_group`)."""
+        from dudi_common.weight_group import close_group
+
+        close_group(getattr(self, "_weight_group", None), abort=abort)
+        self._weight_store = self._weight_group = None
 
     def receive_shared(self, buckets: list, record_digest: bool) -> None:
         """`buckets`: `rollout.types.SharedBucket`s of one version, this worker's own handles."""

@@ -32,6 +32,8 @@ for _ in range(versions):
     tensors = dict(receiver._broadcast_stream())
     devices = sorted({str(t.device) for t in tensors.values()})
     print(json.dumps({"go": go, "digest": receiver._digest, "devices": devices}), flush=True)
+sys.stdin.readline()  # rank 0 closes stdin once it has checked every report
+receiver.leave_weight_group()  # exiting with the group's threads alive can abort the process
 """
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -111,6 +113,7 @@ def test_posted_versions_reach_every_consumer_bit_identical(backend, consumers):
                 assert report["devices"] == (["cuda:0"] if backend == "nccl" else ["cpu"])
         # Different versions differ, so equal digests above are not the same bytes seen twice.
         assert tensor_digest(model_buckets(0, "cpu")[0][0][1]) != tensor_digest(model_buckets(1, "cpu")[0][0][1])
+        broadcaster.close()
         for p in procs:
             p.stdin.close()
             assert p.wait(timeout=60) == 0
