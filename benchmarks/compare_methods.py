@@ -201,10 +201,7 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
         print(f"=== seed {seed}: the cold start was written with another budget; training it again ===")
         known = None
     if known is not None and world_changed(known, world_facts(planned)):
-        raise SystemExit(
-            f"seed {seed}: the bench world on disk is not the one its written runs used (manifest.json differs); "
-            f"build it from this checkout with `dudi tiny-world --size bench`, or move {seed_out} aside"
-        )
+        raise SystemExit(world_mismatch(seed, known["world"], world_facts(planned), seed_out))
     have_checkpoint = known is not None and Path(known["checkpoint"], "config.json").is_file()
     cfg = load_config(
         base,
@@ -238,6 +235,7 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
                 "cold_start_budget": budget(cfg, "cold_start"),
                 "config": str(base),
                 "world": world_facts(cfg),
+                "trained_on": machine_facts(),
             }
             cold_file.write_text(json.dumps(known, indent=1, ensure_ascii=False))
         for i, (name, variant) in enumerate(todo, 1):
@@ -257,22 +255,67 @@ def world_changed(recorded: dict, world: dict) -> bool:
     if not recorded.get("world"):
         return False
     before, now = recorded["world"], world
-    bookkeeping = {"build_seconds", "format_version", "spec"}
+    bookkeeping = {"build_seconds", "built_on", "format_version", "spec"}
     if any(before.get(k) != now.get(k) for k in (before.keys() | now.keys()) - bookkeeping):
         return True
     spec_before, spec_now = before.get("spec", {}), now.get("spec", {})
     return any(spec_before[k] != spec_now[k] for k in spec_before.keys() & spec_now.keys())
 
 
+def world_mismatch(seed: int, recorded: dict, world: dict, results: Path) -> str:
+    """Why a seed cannot go on here, and what to do. The same spec and code build another teacher on another kind of
+    CPU, and then no rebuild on this machine can stand in for the recorded world."""
+    same_spec = all(
+        recorded.get("spec", {})[k] == world.get("spec", {})[k]
+        for k in recorded.get("spec", {}).keys() & world.get("spec", {}).keys()
+    )
+    message = f"seed {seed}: the bench world on disk is not the one its written runs used (manifest.json differs"
+    if "teacher_final_loss" in recorded:
+        message += (
+            f"; the teacher's final loss was {recorded['teacher_final_loss']}, here {world.get('teacher_final_loss')}"
+        )
+    message += "). "
+    if same_spec:
+        here = machine_facts()
+        then = recorded.get("built_on")
+        message += (
+            "The spec is the same, so it was built on another kind of CPU: torch's kernels differ by instruction set "
+            f"and vendor, and the build repeats itself bit for bit only on one kind (recorded: "
+            f"{describe_machine(then) if then else 'not recorded, an older manifest'}; this machine: "
+            f"{describe_machine(here)}). Copy the world and the runs dir from a machine of the recorded kind, "
+            f"run on one, or move {results} aside to run the seed anew."
+        )
+    else:
+        message += f"Build it from this checkout with `dudi tiny-world --size bench`, or move {results} aside."
+    return message
+
+
+def describe_machine(facts: dict) -> str:
+    return f"{facts.get('cpu', '?')}, torch {facts.get('torch', '?')} on {facts.get('cpu_capability', '?')}"
+
+
+def machine_facts() -> dict:
+    from orchestrator.tiny_world.build import machine_facts as facts
+
+    return facts()
+
+
 def check_retrained_cold_start(seed: int, recorded: dict, accuracy: dict, results: Path) -> None:
     """The runs already written for a seed were paired on its recorded cold start; a retrained one (its checkpoint
     lost with a new checkout or a cleaned runs dir) may stand in only if it is the same model. Training from the same
-    world and seed on CPU repeats itself; equal exact match on every eval row of every language is the check."""
+    world and seed repeats itself on one kind of CPU (`machine_facts`); equal exact match in every language is the
+    check."""
     if accuracy != recorded["cold_start"]:
+        then = recorded.get("trained_on")
+        where = (
+            f" It was trained on {describe_machine(then)}, this machine is {describe_machine(machine_facts())}."
+            if then
+            else ""
+        )
         raise SystemExit(
             f"seed {seed}: the cold start was trained again (its checkpoint {recorded['checkpoint']} is gone) and "
             f"scores {accuracy}, not the recorded {recorded['cold_start']}; the seed's written runs started from "
-            f"the recorded one. Restore that checkpoint, or move {results} aside to run the seed anew."
+            f"the recorded one.{where} Restore that checkpoint, or move {results} aside to run the seed anew."
         )
     print(f"=== seed {seed}: cold start trained again; it scores exactly as recorded, so the written runs pair ===")
 

@@ -172,6 +172,9 @@ def test_a_retrained_cold_start_stands_in_only_if_it_scores_exactly_as_recorded(
     assert "scores exactly as recorded" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"scores .* not the recorded .* move .* aside"):
         compare.check_retrained_cold_start(0, recorded, {"en": 20.0, "my": 11.5, "avg": 15.75}, tmp_path)
+    trained_elsewhere = {**recorded, "trained_on": {"cpu": "Xeon X", "cpu_capability": "AVX512", "torch": "2.13.0"}}
+    with pytest.raises(SystemExit, match=r"trained on Xeon X, torch 2.13.0 on AVX512, this machine is"):
+        compare.check_retrained_cold_start(0, trained_elsewhere, {"en": 20.0, "my": 11.5, "avg": 15.75}, tmp_path)
 
 
 def test_a_seed_written_on_another_world_is_told_apart(compare):
@@ -184,3 +187,22 @@ def test_a_seed_written_on_another_world_is_told_apart(compare):
     newer = {**world, "spec": {**spec, "teacher_loss_every_position": True}}
     assert not compare.world_changed({"world": world}, newer)
     assert not compare.world_changed({}, world)  # records from before the manifest was kept
+    # Where the build ran is a fact about the machine, not the world: the outcome decides.
+    elsewhere = {"cpu": "another CPU", "cpu_capability": "AVX512", "torch": "2.13.0"}
+    assert not compare.world_changed({"world": {**world, "built_on": elsewhere}}, world)
+
+
+def test_a_world_built_on_another_cpu_is_explained_as_such(compare, tmp_path):
+    spec = {"seed": 0, "teacher_steps": 3000}
+    recorded = {"spec": spec, "teacher_final_loss": 0.000196}
+    here = {"spec": spec, "teacher_final_loss": 0.000308, "built_on": compare.machine_facts()}
+    message = compare.world_mismatch(2, recorded, here, tmp_path)
+    assert "0.000196" in message and "0.000308" in message
+    assert "another kind of CPU" in message and "not recorded" in message
+    assert compare.machine_facts()["cpu_capability"] in message
+    recorded_with_machine = {**recorded, "built_on": {"cpu": "Xeon X", "cpu_capability": "AVX512", "torch": "2.13.0"}}
+    assert "Xeon X, torch 2.13.0 on AVX512" in compare.world_mismatch(2, recorded_with_machine, here, tmp_path)
+    # Another spec is not a machine's doing: rebuild from this checkout.
+    other_spec = {**here, "spec": {**spec, "teacher_steps": 1500}}
+    message = compare.world_mismatch(2, recorded, other_spec, tmp_path)
+    assert "another kind of CPU" not in message and "dudi tiny-world --size bench" in message

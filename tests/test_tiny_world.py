@@ -97,6 +97,8 @@ def test_the_same_seed_builds_the_same_files(tmp_path, every_position):
         k: v for k, v in second.items() if k != "build_seconds"
     }
     assert first["chance_exact_match"] == 1.11 and first["teacher_misreads"] == "my"
+    # Bit for bit on one kind of CPU only, so the manifest says which built it.
+    assert set(first["built_on"]) == {"cpu", "cpu_capability", "torch"} and first["built_on"]["cpu"]
     other = build(tmp_path / "c", TinyWorldSpec(**{**spec.__dict__, "seed": 1}), progress=lambda *_: None)
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["spec"]["seed"] == 1
     assert _digests(tmp_path / "c")["data/train.jsonl"] != _digests(tmp_path / "a")["data/train.jsonl"]

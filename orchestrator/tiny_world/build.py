@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -175,9 +176,26 @@ def build(out: Path, spec: TinyWorldSpec, progress=print) -> dict:
         "chance_exact_match": round(100 * chance_exact_match(), 2),
         "chance_exact_match_eval_set": round(100 * chance_exact_match([row["answer"] for row in eval_rows]), 2),
         "build_seconds": round(time.perf_counter() - started, 1),
+        "built_on": machine_facts(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def machine_facts() -> dict:
+    """What decides the build's arithmetic besides the spec. One kind of CPU repeats a build bit for bit; another
+    does not: torch picks its kernels (MKL, oneDNN, its own vector code) by instruction set and vendor, and 3000
+    teacher steps carry the last-bit differences into a different teacher (seen: final loss 0.000196 on the CPU the
+    comparison's records were written on, 0.000308 on an AVX2-only AMD EPYC, same spec and code)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:  # not Linux
+        pass
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 def train_teacher(model, tokenizer, pairs, spec: TinyWorldSpec, rng: random.Random, progress) -> float:
