@@ -275,9 +275,13 @@ def world_mismatch(seed: int, recorded: dict, world: dict, results: Path) -> str
             f"; the teacher's final loss was {recorded['teacher_final_loss']}, here {world.get('teacher_final_loss')}"
         )
     message += "). "
-    if same_spec:
-        here = machine_facts()
-        then = recorded.get("built_on")
+    here, then = machine_facts(), recorded.get("built_on")
+    if same_spec and then == here:
+        message += (
+            f"The spec, the CPU and torch are the same ({describe_machine(here)}), so the code that builds it has "
+            f"changed: build it from the commit that wrote the records, or move {results} aside."
+        )
+    elif same_spec:
         message += (
             "The spec is the same, so it was built on another kind of CPU: torch's kernels differ by instruction set "
             f"and vendor, and the build repeats itself bit for bit only on one kind (recorded: "

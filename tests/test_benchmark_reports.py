@@ -202,6 +202,9 @@ def test_a_world_built_on_another_cpu_is_explained_as_such(compare, tmp_path):
     assert compare.machine_facts()["cpu_capability"] in message
     recorded_with_machine = {**recorded, "built_on": {"cpu": "Xeon X", "cpu_capability": "AVX512", "torch": "2.13.0"}}
     assert "Xeon X, torch 2.13.0 on AVX512" in compare.world_mismatch(2, recorded_with_machine, here, tmp_path)
+    # Same spec, same machine: the build's code changed.
+    same_machine = {**recorded, "built_on": compare.machine_facts()}
+    assert "the code that builds it has changed" in compare.world_mismatch(2, same_machine, here, tmp_path)
     # Another spec is not a machine's doing: rebuild from this checkout.
     other_spec = {**here, "spec": {**spec, "teacher_steps": 1500}}
     message = compare.world_mismatch(2, recorded, other_spec, tmp_path)
