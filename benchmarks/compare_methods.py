@@ -258,6 +258,11 @@ def world_changed(recorded: dict, world: dict) -> bool:
     bookkeeping = {"build_seconds", "built_on", "format_version", "spec"}
     if any(before.get(k) != now.get(k) for k in (before.keys() | now.keys()) - bookkeeping):
         return True
+    return spec_changed(before, now)
+
+
+def spec_changed(before: dict, now: dict) -> bool:
+    """Spec fields added since a record was written are not in it and are not compared."""
     spec_before, spec_now = before.get("spec", {}), now.get("spec", {})
     return any(spec_before[k] != spec_now[k] for k in spec_before.keys() & spec_now.keys())
 
@@ -265,17 +270,15 @@ def world_changed(recorded: dict, world: dict) -> bool:
 def world_mismatch(seed: int, recorded: dict, world: dict, results: Path) -> str:
     """Why a seed cannot go on here, and what to do. The same spec and code build another teacher on another kind of
     CPU, and then no rebuild on this machine can stand in for the recorded world."""
-    same_spec = all(
-        recorded.get("spec", {})[k] == world.get("spec", {})[k]
-        for k in recorded.get("spec", {}).keys() & world.get("spec", {}).keys()
-    )
+    same_spec = not spec_changed(recorded, world)
     message = f"seed {seed}: the bench world on disk is not the one its written runs used (manifest.json differs"
     if "teacher_final_loss" in recorded:
         message += (
             f"; the teacher's final loss was {recorded['teacher_final_loss']}, here {world.get('teacher_final_loss')}"
         )
     message += "). "
-    here, then = machine_facts(), recorded.get("built_on")
+    # A world copied from another machine names its builder; one built before `built_on` was kept was built here.
+    here, then = world.get("built_on") or machine_facts(), recorded.get("built_on")
     if same_spec and then == here:
         message += (
             f"The spec, the CPU and torch are the same ({describe_machine(here)}), so the code that builds it has "
@@ -285,7 +288,7 @@ def world_mismatch(seed: int, recorded: dict, world: dict, results: Path) -> str
         message += (
             "The spec is the same, so it was built on another kind of CPU: torch's kernels differ by instruction set "
             f"and vendor, and the build repeats itself bit for bit only on one kind (recorded: "
-            f"{describe_machine(then) if then else 'not recorded, an older manifest'}; this machine: "
+            f"{describe_machine(then) if then else 'not recorded, an older manifest'}; the world on disk: "
             f"{describe_machine(here)}). Copy the world and the runs dir from a machine of the recorded kind, "
             f"run on one, or move {results} aside to run the seed anew."
         )
