@@ -2,7 +2,8 @@
 with intervals and paired tests: the paper's Tables 2 and 5, small.
 
     python benchmarks/compare_methods.py [--config configs/bench.yaml] [--seeds 0 1 2 3 4]
-                                         [--groups core controls routing methods ablations] [--report-only] [key=value ...]
+                                         [--groups core controls routing methods ablations] [--fill N]
+                                         [--report-only] [key=value ...]
 
 Per seed, one cold start (SFT) is trained and shared: every run then trains `distill.steps` steps from it with
 the same data order, batch and seed, on one shared set of vLLM engines, is evaluated greedily every
@@ -10,6 +11,11 @@ the same data order, batch and seed, on one shared set of vLLM engines, is evalu
 (`<out>/compare/seed<N>/<run>.json`, the cold start's checkpoint under --runs-dir), and a run already written is
 skipped: kill it at any time and run the same command again to go on. The report (`compare_methods.md`,
 `compare_methods.png`, `compare_methods_curves.png`) is rebuilt from whatever runs exist after every run and with --report-only.
+
+A seed's runs pair only on the bench world its cold start was trained on, and another kind of CPU builds another
+world. To bring runs whose seeds were written elsewhere up to N seeds on this machine's world, give new seeds and
+`--fill N`: each seed then takes only the runs written for fewer than N seeds, with the runs they are tested
+against (`benchmarks/compare_methods.py --seeds 5 6 7 --fill 5`).
 """
 
 from __future__ import annotations
@@ -92,6 +98,15 @@ GROUPS = {
         ("dudi, α=0", ["method=dudi", "learner.objective.alpha=0"]),
     ],
 }
+RUNS = {name: variant for group in GROUPS.values() for name, variant in group}
+# What each run is tested against in the report (anything not named: DuDi's defaults). A seed that runs it runs
+# these too, or the run pairs with nothing there (--fill).
+PARTNERS = {
+    "dudi": [],
+    KD_CONTROL: ["sft"],
+    JSD_NO_VERBALIZER: ["dudi, jsd"],
+    **{routed: [ROUTED[0]] for routed in ROUTED[1:]},
+}
 # DuDi's defaults are the reference row of each ablation table (DESIGN.md: λ 0.5, α 0.1, rkl, crosslingual).
 ABLATION_TABLES = {
     "λ (On-KD share of the KD term; paper Table 5)": ("dudi, λ=0.5", ["dudi, λ=0.0", "dudi, λ=1.0"]),
@@ -115,6 +130,46 @@ PAPER_ABLATIONS = [  # (better, worse) as the paper reports them
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("λ", "lambda").replace("α", "alpha")).strip("_")
+
+
+# --- planning ---------------------------------------------------------------------------------------------------
+def partners(name: str) -> list[str]:
+    """The runs `name` is tested against, and theirs in turn, those first: the order a seed must run them in."""
+    ordered: list[str] = []
+    for partner in PARTNERS.get(name, ["dudi"]):
+        for run in [*partners(partner), partner]:
+            if run not in ordered:
+                ordered.append(run)
+    return ordered
+
+
+def seeds_written(compare_dir: Path) -> dict[str, set[int]]:
+    """{run name: the seeds it is written for}."""
+    written: dict[str, set[int]] = {}
+    for path in compare_dir.glob("seed*/*.json"):
+        if path.name != "_cold_start.json":
+            record = json.loads(path.read_text())
+            written.setdefault(record["name"], set()).add(record["seed"])
+    return written
+
+
+def fill_plan(plan: list, seed: int, written: dict[str, set[int]], fill: int | None) -> list:
+    """The runs of `plan` this seed takes. With `fill`, only those written for fewer than `fill` seeds (or already
+    for this one), each after the runs it is tested against that this seed lacks: a comparison whose seeds ran on
+    another world (a machine of another kind builds another one) is topped up with new seeds that pair."""
+    if fill is None:
+        return plan
+    chosen: list = []
+    for name, variant in plan:
+        have = written.get(name, set())
+        if seed not in have and len(have) >= fill:
+            continue
+        for partner in partners(name):
+            if seed not in written.get(partner, set()) and all(partner != n for n, _ in chosen):
+                chosen.append((partner, RUNS[partner]))
+        if all(name != n for n, _ in chosen):
+            chosen.append((name, variant))
+    return chosen
 
 
 # --- running ----------------------------------------------------------------------------------------------------
@@ -342,12 +397,46 @@ def load_results(compare_dir: Path) -> tuple[dict[int, dict], dict[str, dict[int
     # The fixed rows every table carries, as runs: the teacher and the cold start (one per seed).
     runs["teacher"] = {s: {"accuracy": c["teacher"], "seed": s} for s, c in cold.items() if c.get("teacher")}
     runs["cold start (SFT)"] = {
-        s: {"accuracy": c["cold_start"], "seed": s, "seconds": c["seconds"]} for s, c in cold.items()
+        s: {"accuracy": c["cold_start"], "seed": s, "seconds": c["seconds"], "world": c.get("world", {})}
+        for s, c in cold.items()
     }
     if "dudi" in runs:  # DuDi's defaults under each ablation's name
         for alias in ("dudi, λ=0.5", "dudi, α=0.1", "dudi, rkl", "dudi, verbalizer crosslingual"):
             runs[alias] = runs["dudi"]
     return cold, runs
+
+
+def world_builds(cold: dict[int, dict]) -> dict[int, str]:
+    """{seed: the build of the bench world it distilled from, as a letter in the order the seeds first used them}.
+    Builds differ where the same spec was built on another kind of CPU (`world_mismatch`)."""
+    labels: dict[str, str] = {}
+    by_seed = {}
+    for seed in sorted(cold):
+        world = cold[seed].get("world", {})
+        key = json.dumps({k: v for k, v in world.items() if k not in ("build_seconds", "built_on")}, sort_keys=True)
+        by_seed[seed] = labels.setdefault(key, chr(ord("A") + len(labels)))
+    return by_seed
+
+
+def seeds_table(cold: dict[int, dict]) -> str:
+    """Each seed's world build, teacher and cold start: what the runs of that seed share."""
+    builds = world_builds(cold)
+    lines = [
+        f"| seed | world build | teacher's final loss | teacher avg | teacher on {WEAK_LANGUAGE} | cold start avg | "
+        "trained on |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for seed in sorted(cold):
+        record = cold[seed]
+        teacher = record.get("teacher") or {}
+        machine = record.get("trained_on") or record.get("world", {}).get("built_on")
+        loss = record.get("world", {}).get("teacher_final_loss")
+        lines.append(
+            f"| {seed} | {builds[seed]} | {'' if loss is None else f'{loss:.3g}'} | "
+            f"{teacher.get('avg', float('nan')):.1f} | {teacher.get(WEAK_LANGUAGE, float('nan')):.1f} | "
+            f"{record['cold_start']['avg']:.1f} | {describe_machine(machine) if machine else 'not recorded'} |"
+        )
+    return "\n".join(lines)
 
 
 def scores(runs: dict[int, dict], key: str = "avg", seeds: list[int] | None = None) -> list[float]:
@@ -480,6 +569,7 @@ def write_report(out: Path, command: str) -> None:
     chance = world.get("chance_exact_match_eval_set")
     wall_s = sum(r.get("seconds", 0) for name, by in runs.items() if name in _ran(runs) for r in by.values())
     wall_s += sum(c["seconds"] for c in cold.values())
+    builds = world_builds(cold)
     text = [
         "# Every method on the bench tiny world, over seeds",
         "",
@@ -493,13 +583,30 @@ def write_report(out: Path, command: str) -> None:
         f"({describe_budget(cold_budget)}), then every run from it ({describe_budget(distill)}), greedy exact "
         f"match on {first['eval_rows']} eval rows ({first['eval_rows'] // len(languages)} per language) every "
         f"{distill.get('eval_every_steps')} steps and at the end. Seeds {sorted(cold)}; compute so far "
-        f"{wall_s / 3600:.1f} h of runs on this 2-core machine. Cells: mean over seeds; avg with Student's t 95% "
+        f"{wall_s / 3600:.1f} h of runs on 2-core machines. Cells: mean over seeds; avg with Student's t 95% "
         "interval over seeds."
         + (
             f" **The runs here were written under {len(budgets)} different budgets: rerun to align them.**"
             if len(budgets) > 1
             else ""
         ),
+        "",
+        "## Seeds",
+        "",
+        "A seed fixes the cold start, the data order and the sampling; every run of a seed starts from its cold start, "
+        "and runs are compared only on the seeds they share. "
+        + (
+            f"The seeds distil from {len(set(builds.values()))} builds of the bench world: the same spec and code "
+            "built on another kind of CPU give another teacher (torch's kernels differ by instruction set, and over "
+            "3,000 steps the last bits grow into another model), and a seed's runs cannot be resumed on another build. "
+            "The paired tests compare runs within each seed, so on one build; an interval over seeds of several "
+            "builds also carries the teacher's variance, which one build's seeds leave out."
+            if len(set(builds.values())) > 1
+            else "Every seed distils from the same build of the bench world, so the intervals carry the cold start's "
+            "and the data order's variance, not the teacher's."
+        ),
+        "",
+        seeds_table(cold),
         "",
         "## Methods (paper Table 2)",
         "",
@@ -734,6 +841,8 @@ def plot_curves_per_seed(runs: dict, path: Path) -> None:
     if not seeds:
         return
     cold = runs["cold start (SFT)"]
+    builds = world_builds({s: {"world": r.get("world", {})} for s, r in cold.items()})
+    several_builds = len(set(builds.values())) > 1
     columns = min(len(seeds), 3)
     rows = -(-len(seeds) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False, sharey=True)
@@ -749,7 +858,9 @@ def plot_curves_per_seed(runs: dict, path: Path) -> None:
             if start is not None:
                 steps, values = [0, *steps], [start, *values]
             ax.plot(steps, values, marker=".", color=colors[name], label=name, linewidth=2.2 if name == "dudi" else 1.1)
-        ax.set_title(f"seed {seed}", fontsize=10)
+        ax.set_title(
+            f"seed {seed}" + (f" (world build {builds.get(seed, '?')})" if several_builds else ""), fontsize=10
+        )
         ax.set_xlabel("distillation step")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(seeds) :]:
@@ -804,6 +915,18 @@ def main() -> None:
         metavar="RUN",
         help='of the groups\' runs, only these (names as in the report: "dudi + routing")',
     )
+    parser.add_argument(
+        "--fill",
+        type=int,
+        metavar="N",
+        help="on each seed, only the runs written for fewer than N seeds so far, each with the runs it is tested "
+        "against (DuDi's defaults, SFT for the control, once-measured routing for its variants) on that seed",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what each seed would run (runs already written included), then stop",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the written runs")
     parser.add_argument("overrides", nargs="*", help="key.sub=value for every run")
     args = parser.parse_args()
@@ -812,14 +935,25 @@ def main() -> None:
     known = {name for group in args.groups for name, _ in GROUPS[group]}
     if args.only and not set(args.only) <= known:
         parser.error(f"--only: no run named {sorted(set(args.only) - known)} in {args.groups}; known: {sorted(known)}")
-    if not args.report_only:
-        # Group by group over every seed, so the methods have all their seeds before the first ablation starts.
-        for group in args.groups:
-            plan = [(name, variant) for name, variant in GROUPS[group] if not args.only or name in args.only]
-            for seed in args.seeds:
-                if plan:
-                    run_seed(base, args.overrides, seed, plan, out / "compare", runs_root)
-    write_report(out, " ".join(sys.argv[1:]))
+    if args.report_only:
+        write_report(out, " ".join(sys.argv[1:]))
+        return
+    # Group by group over every seed, so the methods have all their seeds before the first ablation starts.
+    planned = seeds_written(out / "compare")  # a dry run counts what it would write
+    for group in args.groups:
+        plan = [(name, variant) for name, variant in GROUPS[group] if not args.only or name in args.only]
+        for seed in args.seeds:
+            written = planned if args.dry_run else seeds_written(out / "compare")
+            seed_plan = fill_plan(plan, seed, written, args.fill)
+            if args.dry_run:
+                for name, _ in seed_plan:
+                    done = seed in planned.get(name, set())
+                    print(f"seed {seed}: {name}{' (written)' if done else ''}")
+                    planned.setdefault(name, set()).add(seed)
+            elif seed_plan:
+                run_seed(base, args.overrides, seed, seed_plan, out / "compare", runs_root)
+    if not args.dry_run:
+        write_report(out, " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

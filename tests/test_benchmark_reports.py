@@ -209,3 +209,72 @@ def test_a_world_built_on_another_cpu_is_explained_as_such(compare, tmp_path):
     other_spec = {**here, "spec": {**spec, "teacher_steps": 1500}}
     message = compare.world_mismatch(2, recorded, other_spec, tmp_path)
     assert "another kind of CPU" not in message and "dudi tiny-world --size bench" in message
+
+
+def test_fill_tops_a_run_up_to_n_seeds_with_what_it_is_tested_against(compare):
+    plan = compare.GROUPS["methods"] + compare.GROUPS["routing"]
+    # Seeds 0-1 have everything; DFT also has seed 2; DuDi and once-measured routing have seeds 0-4.
+    written = {name: {0, 1} for name, _ in plan}
+    written |= {"dft": {0, 1, 2}, "dudi": {0, 1, 2, 3, 4}, compare.ROUTED[0]: {0, 1, 2, 3, 4}}
+    names = lambda chosen: [name for name, _ in chosen]  # noqa: E731
+    on_seed_5 = compare.fill_plan(plan, 5, written, fill=3)
+    # DFT has 3 seeds already; every other run needs this seed, after DuDi's defaults (their partner) and, for
+    # the routing variants, after once-measured routing, which they are tested against.
+    assert names(on_seed_5) == [
+        "dudi",
+        "spin",
+        "seqkd",
+        "sdft",
+        "copsd",
+        compare.ROUTED[0],
+        compare.ROUTED[3],
+        compare.ROUTED[2],
+        compare.ROUTED[1],
+    ]
+    assert dict(on_seed_5)["dudi"] == ["method=dudi"] and dict(on_seed_5)["spin"] == ["method=spin"]
+    # Once seed 5 is written, seed 6 takes nothing: every run has 3 seeds.
+    after = {name: seeds | {5} for name, seeds in written.items()}
+    assert compare.fill_plan(plan, 6, after, fill=3) == []
+    # A seed that already has a run keeps it in its plan (the run is then skipped as written), partners included.
+    assert names(compare.fill_plan(plan, 1, written, fill=2)) == names(plan)
+    assert compare.fill_plan(plan, 5, written, fill=None) == plan
+    # The control pairs with SFT, the JSD-without-verbalizer ablation with JSD, transitively with DuDi.
+    assert compare.partners(compare.KD_CONTROL) == ["dudi", "sft"]  # SFT is itself tested against DuDi
+    assert compare.partners(compare.JSD_NO_VERBALIZER) == ["dudi", "dudi, jsd"]
+    assert compare.partners(compare.ROUTED[1]) == ["dudi", compare.ROUTED[0]]
+
+
+def test_the_report_names_each_seeds_world_build(compare, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "ASO_ITERATIONS", 100)
+    for seed in (0, 1):
+        write_seed(compare, tmp_path / "compare", seed, {"sft": 40.0 + seed, "dudi": 45.0})
+    compare.write_report(tmp_path, "--seeds 0 1")
+    report = (tmp_path / "compare_methods.md").read_text()
+    assert "Every seed distils from the same build of the bench world" in report
+    # Seed 5 was trained on a world built elsewhere: another teacher.
+    write_seed(compare, tmp_path / "compare", 5, {"sft": 30.0, "dudi": 50.0})
+    cold_path = tmp_path / "compare" / "seed5" / "_cold_start.json"
+    cold = json.loads(cold_path.read_text())
+    cold["world"] = {**cold["world"], "teacher_final_loss": 0.0003}
+    cold["trained_on"] = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "torch": "2.13.0"}
+    cold_path.write_text(json.dumps(cold))
+    assert compare.world_builds(compare.load_results(tmp_path / "compare")[0]) == {0: "A", 1: "A", 5: "B"}
+    compare.write_report(tmp_path, "--seeds 0 1 5")
+    report = (tmp_path / "compare_methods.md").read_text()
+    assert "The seeds distil from 2 builds of the bench world" in report
+    assert "| 5 | B | 0.0003 | 86.7 | 80.0 | 16.7 | AMD EPYC, torch 2.13.0 on AVX2 |" in report
+    assert "| 0 | A |  | 86.7 | 80.0 | 16.7 | not recorded |" in report
+
+
+def test_a_dry_run_prints_each_seeds_plan_and_writes_nothing(compare, tmp_path):
+    import subprocess
+    import sys
+
+    write_seed(compare, tmp_path / "compare", 0, {"dudi": 45.0, "dft": 40.0, "spin": 41.0})
+    before = sorted(p.name for p in (tmp_path / "compare").rglob("*"))
+    command = [sys.executable, str(ROOT / "benchmarks" / "compare_methods.py"), "--out", str(tmp_path)]
+    command += ["--seeds", "0", "5", "6", "--fill", "2", "--groups", "methods", "--only", "dft", "seqkd", "--dry-run"]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
+    # Seed 0 has DuDi already; seed 5 runs it first, then brings DFT and SeqKD to 2 seeds, so seed 6 takes nothing.
+    assert printed == ["seed 0: dft (written)", "seed 0: seqkd", "seed 5: dudi", "seed 5: dft", "seed 5: seqkd"]
+    assert sorted(p.name for p in (tmp_path / "compare").rglob("*")) == before
