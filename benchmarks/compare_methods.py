@@ -481,14 +481,25 @@ def table(names: list[str], runs: dict, languages: list[str], chance: float | No
 
 
 ASO_ITERATIONS = 1000
+# ε_min for the scores it was computed on, kept across processes: the report is rebuilt after every run and by
+# --report-only, a report tests about 70 ordered pairs, and each call costs 5-20 s on this machine.
+ASO_CACHE = Path(os.environ.get("DUDI_ASO_CACHE", Path.home() / ".cache" / "dudi" / "aso_cache.json"))
 _aso_cache: dict[str, float] = {}
 
 
 def aso(xa: list[float], xb: list[float]) -> float:
-    """ε_min(A ≻ B), remembered: the report is rebuilt after every run and each call costs seconds."""
-    key = json.dumps([xa, xb, ASO_ITERATIONS])
+    """ε_min(A ≻ B), remembered on disk (`ASO_CACHE`) by the scores, the bootstrap size and deepsig's version."""
+    from importlib.metadata import version
+
+    if not _aso_cache and ASO_CACHE.is_file():
+        _aso_cache.update(json.loads(ASO_CACHE.read_text()))
+    key = json.dumps([xa, xb, ASO_ITERATIONS, version("deepsig")])
     if key not in _aso_cache:
         _aso_cache[key] = aso_violation(xa, xb, iterations=ASO_ITERATIONS)
+        ASO_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        partial = ASO_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(_aso_cache))
+        partial.replace(ASO_CACHE)  # atomic: a report rebuilt beside a running comparison reads a whole file
     return _aso_cache[key]
 
 

@@ -19,6 +19,13 @@ def compare():
     return module
 
 
+@pytest.fixture(autouse=True)
+def aso_cache_in_tmp(compare, tmp_path, monkeypatch):
+    """ε_min is remembered on disk; each test starts without it and leaves the user's cache alone."""
+    monkeypatch.setattr(compare, "ASO_CACHE", tmp_path / "aso_cache.json")
+    monkeypatch.setattr(compare, "_aso_cache", {})
+
+
 LANGUAGES = ["en", "th", "my"]
 BUDGET = {
     "steps": 50,
@@ -278,3 +285,20 @@ def test_a_dry_run_prints_each_seeds_plan_and_writes_nothing(compare, tmp_path):
     # Seed 0 has DuDi already; seed 5 runs it first, then brings DFT and SeqKD to 2 seeds, so seed 6 takes nothing.
     assert printed == ["seed 0: dft (written)", "seed 0: seqkd", "seed 5: dudi", "seed 5: dft", "seed 5: seqkd"]
     assert sorted(p.name for p in (tmp_path / "compare").rglob("*")) == before
+
+
+def test_aso_is_remembered_on_disk_by_its_inputs(compare, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "ASO_ITERATIONS", 50)
+    first = compare.aso([50.0, 52.0, 54.0], [40.0, 41.0, 43.0])
+    assert first < 0.5  # A is stochastically better
+    assert len(json.loads(compare.ASO_CACHE.read_text())) == 1
+    # A new process reads the file: poisoned entries show that the value comes from it, not from deepsig.
+    poisoned = {key: 0.123 for key in json.loads(compare.ASO_CACHE.read_text())}
+    compare.ASO_CACHE.write_text(json.dumps(poisoned))
+    monkeypatch.setattr(compare, "_aso_cache", {})
+    assert compare.aso([50.0, 52.0, 54.0], [40.0, 41.0, 43.0]) == 0.123
+    # Other scores, or another bootstrap size, are computed anew.
+    assert compare.aso([40.0, 41.0, 43.0], [50.0, 52.0, 54.0]) > 0.5
+    monkeypatch.setattr(compare, "ASO_ITERATIONS", 60)
+    assert compare.aso([50.0, 52.0, 54.0], [40.0, 41.0, 43.0]) != 0.123
+    assert len(json.loads(compare.ASO_CACHE.read_text())) == 3
