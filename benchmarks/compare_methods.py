@@ -15,7 +15,8 @@ skipped: kill it at any time and run the same command again to go on. The report
 A seed's runs pair only on the bench world its cold start was trained on, and another kind of CPU builds another
 world. To bring runs whose seeds were written elsewhere up to N seeds on this machine's world, give new seeds and
 `--fill N`: each seed then takes only the runs written for fewer than N seeds, with the runs they are tested
-against (`benchmarks/compare_methods.py --seeds 5 6 7 --fill 5`).
+against (`benchmarks/compare_methods.py --seeds 5 6 7 --fill 5`). A seed whose records name another world build is
+skipped with the reason, so `--seeds 2 3 4 5 6 7 --fill 5` runs, on either kind of machine, the seeds it can.
 """
 
 from __future__ import annotations
@@ -255,8 +256,8 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
     if known is not None and known.get("cold_start_budget") != budget(planned, "cold_start"):
         print(f"=== seed {seed}: the cold start was written with another budget; training it again ===")
         known = None
-    if known is not None and world_changed(known, world_facts(planned)):
-        raise SystemExit(world_mismatch(seed, known["world"], world_facts(planned), seed_out))
+    if known is not None and (problem := world_problem(seed, seed_out, planned)):
+        raise SeedCannotRunHere(problem)
     have_checkpoint = known is not None and Path(known["checkpoint"], "config.json").is_file()
     cfg = load_config(
         base,
@@ -301,6 +302,21 @@ def run_seed(base: Path, overrides: list[str], seed: int, plan: list, out: Path,
             write_report(out.parent, " ".join(sys.argv[1:]))
     finally:
         owner.close()
+
+
+class SeedCannotRunHere(Exception):
+    """A seed's written runs were paired on a world or a cold start this machine does not give."""
+
+
+def world_problem(seed: int, seed_out: Path, planned_cfg) -> str | None:
+    """Why this seed cannot go on with the bench world on disk, or None."""
+    cold_file = seed_out / "_cold_start.json"
+    if not cold_file.exists():
+        return None
+    known = json.loads(cold_file.read_text())
+    if not world_changed(known, world_facts(planned_cfg)):
+        return None
+    return world_mismatch(seed, known["world"], world_facts(planned_cfg), seed_out)
 
 
 def world_changed(recorded: dict, world: dict) -> bool:
@@ -374,7 +390,7 @@ def check_retrained_cold_start(seed: int, recorded: dict, accuracy: dict, result
             if then
             else ""
         )
-        raise SystemExit(
+        raise SeedCannotRunHere(
             f"seed {seed}: the cold start was trained again (its checkpoint {recorded['checkpoint']} is gone) and "
             f"scores {accuracy}, not the recorded {recorded['cold_start']}; the seed's written runs started from "
             f"the recorded one.{where} Restore that checkpoint, or move {results} aside to run the seed anew."
@@ -950,21 +966,37 @@ def main() -> None:
         write_report(out, " ".join(sys.argv[1:]))
         return
     # Group by group over every seed, so the methods have all their seeds before the first ablation starts.
+    # A seed this machine cannot go on with (its records name another world build) is skipped with its reason, so
+    # one command lists every seed and runs those the machine can: seeds 2-4 on one kind of CPU, 5-7 on another.
     planned = seeds_written(out / "compare")  # a dry run counts what it would write
+    skipped: dict[int, str] = {}
     for group in args.groups:
         plan = [(name, variant) for name, variant in GROUPS[group] if not args.only or name in args.only]
         for seed in args.seeds:
             written = planned if args.dry_run else seeds_written(out / "compare")
             seed_plan = fill_plan(plan, seed, written, args.fill)
-            if args.dry_run:
-                for name, _ in seed_plan:
-                    done = seed in planned.get(name, set())
-                    print(f"seed {seed}: {name}{' (written)' if done else ''}")
-                    planned.setdefault(name, set()).add(seed)
-            elif seed_plan:
-                run_seed(base, args.overrides, seed, seed_plan, out / "compare", runs_root)
+            if seed in skipped or not seed_plan:
+                continue
+            try:
+                if args.dry_run:
+                    from orchestrator.config import load_config
+
+                    planned_cfg = load_config(base, [*args.overrides, f"seed={seed}"])
+                    if problem := world_problem(seed, out / "compare" / f"seed{seed}", planned_cfg):
+                        raise SeedCannotRunHere(problem)
+                    for name, _ in seed_plan:
+                        done = seed in planned.get(name, set())
+                        print(f"seed {seed}: {name}{' (written)' if done else ''}")
+                        planned.setdefault(name, set()).add(seed)
+                else:
+                    run_seed(base, args.overrides, seed, seed_plan, out / "compare", runs_root)
+            except SeedCannotRunHere as reason:
+                skipped[seed] = str(reason)
+                print(f"=== seed {seed}: skipped. {reason} ===", flush=True)
     if not args.dry_run:
         write_report(out, " ".join(sys.argv[1:]))
+    if skipped and len(skipped) == len(args.seeds):
+        raise SystemExit("no seed could run on this machine's bench world:\n" + "\n".join(skipped.values()))
 
 
 if __name__ == "__main__":

@@ -177,10 +177,10 @@ def test_a_retrained_cold_start_stands_in_only_if_it_scores_exactly_as_recorded(
     recorded = {"checkpoint": "/gone", "cold_start": {"en": 20.0, "my": 11.0, "avg": 15.5}}
     compare.check_retrained_cold_start(0, recorded, {"en": 20.0, "my": 11.0, "avg": 15.5}, tmp_path)
     assert "scores exactly as recorded" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"scores .* not the recorded .* move .* aside"):
+    with pytest.raises(compare.SeedCannotRunHere, match=r"scores .* not the recorded .* move .* aside"):
         compare.check_retrained_cold_start(0, recorded, {"en": 20.0, "my": 11.5, "avg": 15.75}, tmp_path)
     trained_elsewhere = {**recorded, "trained_on": {"cpu": "Xeon X", "cpu_capability": "AVX512", "torch": "2.13.0"}}
-    with pytest.raises(SystemExit, match=r"trained on Xeon X, torch 2.13.0 on AVX512, this machine is"):
+    with pytest.raises(compare.SeedCannotRunHere, match=r"trained on Xeon X, torch 2.13.0 on AVX512, this machine is"):
         compare.check_retrained_cold_start(0, trained_elsewhere, {"en": 20.0, "my": 11.5, "avg": 15.75}, tmp_path)
 
 
@@ -278,13 +278,28 @@ def test_a_dry_run_prints_each_seeds_plan_and_writes_nothing(compare, tmp_path):
     import sys
 
     write_seed(compare, tmp_path / "compare", 0, {"dudi": 45.0, "dft": 40.0, "spin": 41.0})
+    # The world on disk is seed 0's; seed 3 was written on another build (another teacher), so it cannot go on here.
+    world = json.loads((tmp_path / "compare" / "seed0" / "_cold_start.json").read_text())["world"]
+    (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "manifest.json").write_text(json.dumps(world))
+    write_seed(compare, tmp_path / "compare", 3, {"dudi": 45.0})
+    seed3 = tmp_path / "compare" / "seed3" / "_cold_start.json"
+    seed3.write_text(json.dumps({**json.loads(seed3.read_text()), "world": {**world, "teacher_final_loss": 0.0003}}))
     before = sorted(p.name for p in (tmp_path / "compare").rglob("*"))
     command = [sys.executable, str(ROOT / "benchmarks" / "compare_methods.py"), "--out", str(tmp_path)]
-    command += ["--seeds", "0", "5", "6", "--fill", "2", "--groups", "methods", "--only", "dft", "seqkd", "--dry-run"]
+    command += ["--seeds", "0", "3", "5", "6", "--fill", "2", "--groups", "methods", "--only", "dft", "seqkd"]
+    command += ["--dry-run", f"models.teacher={tmp_path / 'world' / 'teacher'}"]
     printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
-    # Seed 0 has DuDi already; seed 5 runs it first, then brings DFT and SeqKD to 2 seeds, so seed 6 takes nothing.
-    assert printed == ["seed 0: dft (written)", "seed 0: seqkd", "seed 5: dudi", "seed 5: dft", "seed 5: seqkd"]
+    # Seed 0 has DuDi already; seed 3 is skipped with its reason; seed 5 runs DuDi first, then brings DFT and
+    # SeqKD to 2 seeds, so seed 6 takes nothing.
+    assert printed[:2] == ["seed 0: dft (written)", "seed 0: seqkd"]
+    assert printed[2].startswith("=== seed 3: skipped. seed 3: the bench world on disk is not the one")
+    assert printed[3:] == ["seed 5: dudi", "seed 5: dft", "seed 5: seqkd"]
     assert sorted(p.name for p in (tmp_path / "compare").rglob("*")) == before
+    # Where no seed can run, the command fails with every reason.
+    command[command.index("--seeds") + 1 : command.index("--fill")] = ["3"]
+    failed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert failed.returncode != 0 and "no seed could run on this machine's bench world" in failed.stderr
 
 
 def test_aso_is_remembered_on_disk_by_its_inputs(compare, tmp_path, monkeypatch):
