@@ -413,8 +413,7 @@ def load_results(compare_dir: Path) -> tuple[dict[int, dict], dict[str, dict[int
     # The fixed rows every table carries, as runs: the teacher and the cold start (one per seed).
     runs["teacher"] = {s: {"accuracy": c["teacher"], "seed": s} for s, c in cold.items() if c.get("teacher")}
     runs["cold start (SFT)"] = {
-        s: {"accuracy": c["cold_start"], "seed": s, "seconds": c["seconds"], "world": c.get("world", {})}
-        for s, c in cold.items()
+        s: {"accuracy": c["cold_start"], "seed": s, "seconds": c["seconds"]} for s, c in cold.items()
     }
     if "dudi" in runs:  # DuDi's defaults under each ablation's name
         for alias in ("dudi, λ=0.5", "dudi, α=0.1", "dudi, rkl", "dudi, verbalizer crosslingual"):
@@ -730,7 +729,7 @@ def write_report(out: Path, command: str) -> None:
         text += ["", discussion.read_text().strip()]
     (out / "compare_methods.md").write_text("\n".join(text) + "\n")
     plot(runs, languages, chance, out / "compare_methods.png")
-    plot_curves_per_seed(runs, out / CURVES_PNG)
+    plot_curves_per_seed(runs, out / CURVES_PNG, builds)
     print(f"report: {out / 'compare_methods.md'}")
 
 
@@ -856,7 +855,7 @@ def plot(runs: dict, languages: list[str], chance: float | None, path: Path) -> 
     plt.close(fig)
 
 
-def plot_curves_per_seed(runs: dict, path: Path) -> None:
+def plot_curves_per_seed(runs: dict, path: Path, builds: dict[int, str]) -> None:
     """One panel per seed: every method's and control's eval curve from that seed's cold start."""
     import matplotlib
 
@@ -868,7 +867,6 @@ def plot_curves_per_seed(runs: dict, path: Path) -> None:
     if not seeds:
         return
     cold = runs["cold start (SFT)"]
-    builds = world_builds({s: {"world": r.get("world", {})} for s, r in cold.items()})
     several_builds = len(set(builds.values())) > 1
     columns = min(len(seeds), 3)
     rows = -(-len(seeds) // columns)
